@@ -1,0 +1,108 @@
+"""Transformer building blocks shared by every model in edifice.
+
+Parameter names follow the official VAR code (``mat_qkv``, ``q_bias``, ``zero_k_bias``, ``v_bias``,
+``scale_mul_1H11``, ``proj``, ``fc1``, ``fc2``) so official checkpoints load without renaming; the discrete
+MAR reuses the same modules with plain scaled dot-product attention.
+
+Modules here are stateless at inference: the KV cache is an explicit :class:`KVCache` object handed in by the
+sampler, so one model instance can serve concurrent generations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class KVCache:
+    """Keys and values of all tokens seen so far by one attention layer, ``[B, H, L, head_dim]`` each."""
+
+    k: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
+        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
+        return self.k, self.v
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (the key bias is fixed at zero, as in VAR).
+
+    ``l2_norm=True`` is VAR's cosine attention: q and k are L2-normalised per head and q is multiplied by a
+    learned per-head temperature ``exp(min(scale_mul_1H11, ln 100))`` (initialised to 4); the dot product is
+    then not divided by sqrt(head_dim). ``l2_norm=False`` is standard ``softmax(q k^T / sqrt(head_dim))``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, l2_norm: bool = False, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0):
+        super().__init__()
+        assert dim % num_heads == 0, f"width {dim} is not divisible by {num_heads} heads"
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.l2_norm = l2_norm
+        if l2_norm:
+            self.scale = 1.0
+            self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), 4.0).log())
+            self.max_scale_mul = math.log(100)
+        else:
+            self.scale = self.head_dim ** -0.5
+        self.mat_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("zero_k_bias", torch.zeros(dim))
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
+
+    def forward(self, x_BLC: torch.Tensor, attn_bias: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        B, L, C = x_BLC.shape
+        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+        qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        q_BHLc, k_BHLc, v_BHLc = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if self.l2_norm:
+            scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
+            q_BHLc = F.normalize(q_BHLc, dim=-1).mul(scale_mul)
+            k_BHLc = F.normalize(k_BHLc, dim=-1)
+        if cache is not None:
+            k_BHLc, v_BHLc = cache.extend(k_BHLc, v_BHLc)
+        if attn_bias is not None:
+            attn_bias = attn_bias.to(q_BHLc.dtype)
+        out = F.scaled_dot_product_attention(q_BHLc, k_BHLc, v_BHLc, attn_mask=attn_bias, scale=self.scale,
+                                             dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, L, C)))
+
+
+class FFN(nn.Module):
+    """Two-layer MLP ``fc2(gelu(fc1(x)))``; VAR uses the tanh approximation of GELU."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, approximate: str = "tanh"):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate=approximate)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """AdaLN modulation ``x * (1 + scale) + shift``."""
+    return x * (1 + scale) + shift
+
+
+def sinusoidal_positions(length: int, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Fixed sine/cosine position table ``[length, dim]`` (Vaswani et al.: interleaved sin at even, cos at odd)."""
+    assert dim % 2 == 0, "sinusoidal positions need an even width"
+    pos = torch.arange(length, dtype=torch.float64)[:, None]
+    freq = torch.exp(-math.log(base) * torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    table = torch.zeros(length, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)
+    return table.float()

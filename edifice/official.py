@@ -1,0 +1,142 @@
+"""Load the official checkpoint files unchanged, inferring every architecture setting from the state dicts.
+
+VAR (FoundationVision/var): ``vae_ch160v4096z32.pth`` + ``var_d16.pth`` ... ``var_d36.pth``, plain pickled
+state dicts. Files are read with ``torch.load(weights_only=True)``; models are built on the meta device and
+the tensors assigned, so no time or memory goes into a random initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+from .generative.var import VAR, VARConfig, VARPipeline
+from .tokenizers.vqvae import VQVAE, VQVAEConfig
+
+KINDS = {
+    "var-vae": "a VAR VQ-VAE state dict (keys like 'quantize.embedding.weight', 'encoder.conv_in.weight')",
+    "var": "a VAR transformer state dict (keys like 'class_emb.weight', 'lvl_1L', 'blocks.0.attn.mat_qkv.weight')",
+}
+
+
+def load_torch_file(path: str | Path, allow: tuple = ()) -> dict:
+    """``torch.load(weights_only=True)`` with one-line errors for missing, truncated or unsafe files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file; check the path or download it again")
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise CheckpointError(f"{path}: refused to unpickle: the file holds more than tensors ({first}); "
+                                  "only plain state dicts are loaded, for safety") from None
+        raise CheckpointError(f"{path}: could not be read ({first}); the file is truncated or corrupt, "
+                              "download it again") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: could not be read as a PyTorch checkpoint ({first}); the file is "
+                              "truncated or corrupt, download it again") from None
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def describe_state_dict(sd) -> str:
+    """Name the kind of checkpoint a state dict is, for error messages."""
+    if not isinstance(sd, dict):
+        return f"a {type(sd).__name__}, not a state dict"
+    keys = set(sd)
+    if {"model", "model_ema"} & keys or "args" in keys:
+        return "a training checkpoint (keys 'model'/'model_ema'/'args'), e.g. the official MAR checkpoint-last.pth"
+    if "quantize.embedding.weight" in keys and "encoder.conv_in.weight" in keys:
+        return "a VAR VQ-VAE state dict"
+    if "class_emb.weight" in keys and "lvl_1L" in keys:
+        return "a VAR transformer state dict"
+    if any(k.startswith("diffloss.") for k in keys):
+        return "a MAR (diffusion-loss) transformer state dict"
+    if "encoder.conv_in.weight" in keys and "quant_conv.weight" in keys:
+        return "a KL VAE state dict (e.g. MAR's kl16)"
+    sample = ", ".join(sorted(keys)[:3])
+    return f"an unrecognised state dict ({len(keys)} keys, e.g. {sample})"
+
+
+def _expect(sd, kind: str, path) -> None:
+    found = describe_state_dict(sd)
+    wanted = {"var-vae": "a VAR VQ-VAE state dict", "var": "a VAR transformer state dict"}[kind]
+    if found != wanted:
+        raise CheckpointError(f"{path}: expected {KINDS[kind]}, found {found}")
+
+
+def _count(sd: dict, pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in sd if (m := rx.match(k))})
+
+
+def infer_var_config(sd: dict) -> VARConfig:
+    """Every VARConfig field from key names and shapes (patch_nums from the ``lvl_1L`` level buffer)."""
+    C = sd["class_emb.weight"].shape[1]
+    counts = torch.bincount(sd["lvl_1L"].reshape(-1).long()).tolist()
+    patch_nums = tuple(math.isqrt(c) for c in counts)
+    l2 = "blocks.0.attn.scale_mul_1H11" in sd
+    heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1] if l2 else C // 64
+    return VARConfig(vocab_size=sd["head.weight"].shape[0], z_channels=sd["word_embed.weight"].shape[1],
+                     num_classes=sd["class_emb.weight"].shape[0] - 1, depth=_count(sd, r"blocks\.(\d+)\."),
+                     embed_dim=C, num_heads=heads, mlp_ratio=sd["blocks.0.ffn.fc1.weight"].shape[0] / C,
+                     shared_aln="shared_ada_lin.1.weight" in sd, attn_l2_norm=l2, patch_nums=patch_nums)
+
+
+def infer_vqvae_config(sd: dict, patch_nums) -> VQVAEConfig:
+    """Every VQVAEConfig field from key names and shapes; ``patch_nums`` come from the paired transformer."""
+    V, Cvae = sd["quantize.embedding.weight"].shape
+    ch, in_ch = sd["encoder.conv_in.weight"].shape[:2]
+    levels = _count(sd, r"encoder\.down\.(\d+)\.")
+    ch_mult = tuple(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels))
+    n_phi = _count(sd, r"quantize\.quant_resi\.qresi_ls\.(\d+)\.")
+    return VQVAEConfig(vocab_size=V, z_channels=Cvae, ch=ch, ch_mult=ch_mult,
+                       num_res_blocks=_count(sd, r"encoder\.down\.0\.block\.(\d+)\."), in_channels=in_ch,
+                       quant_conv_ks=sd["quant_conv.weight"].shape[-1], quant_resi=0.5 if n_phi else 0.0,
+                       share_quant_resi=n_phi or 1, patch_nums=tuple(patch_nums),
+                       using_sa=f"encoder.down.{levels - 1}.attn.0.qkv.weight" in sd,
+                       using_mid_sa="encoder.mid.attn_1.qkv.weight" in sd)
+
+
+def var_from_state_dicts(vae_sd: dict, var_sd: dict, device=None, dtype=None,
+                         class_names=None, defaults=None) -> VARPipeline:
+    """Build a :class:`VARPipeline` from two official state dicts without a random initialisation."""
+    var_cfg = infer_var_config(var_sd)
+    vae_cfg = infer_vqvae_config(vae_sd, var_cfg.patch_nums)
+    if vae_cfg.vocab_size != var_cfg.vocab_size or vae_cfg.z_channels != var_cfg.z_channels:
+        raise CheckpointError(f"the VQ-VAE (codebook {vae_cfg.vocab_size}x{vae_cfg.z_channels}) does not match "
+                              f"the transformer (vocabulary {var_cfg.vocab_size}, latent {var_cfg.z_channels})")
+    with torch.device("meta"):
+        vae, var = VQVAE(vae_cfg), VAR(var_cfg)
+    vae.load_state_dict(vae_sd, strict=True, assign=True)
+    var.load_state_dict(var_sd, strict=True, assign=True)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    vae.to(device)
+    var.to(device)
+    if dtype is not None and dtype != torch.float32:
+        var.cast(dtype)
+    return VARPipeline(vae, var, class_names=class_names, defaults=defaults)
+
+
+def load_official_var(vae_path, var_path, device=None, dtype=None) -> VARPipeline:
+    """The official ``vae_ch160v4096z32.pth`` + ``var_dNN.pth`` as a ready pipeline.
+
+    Depth, width, heads, classes, vocabulary, latent channels, encoder width and residual-block count,
+    patch_nums and shared-vs-per-block AdaLN are all read from the two files. ``dtype`` (e.g. bf16 on GPU)
+    applies to the transformer blocks; the head and the VQ-VAE stay float32.
+    """
+    vae_sd, var_sd = load_torch_file(vae_path), load_torch_file(var_path)
+    _expect(vae_sd, "var-vae", vae_path)
+    _expect(var_sd, "var", var_path)
+    return var_from_state_dicts(vae_sd, var_sd, device, dtype)
