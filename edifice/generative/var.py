@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..pipeline import Pipeline
 from ..tokenizers.vqvae import VQVAE, VQVAEConfig
 from .blocks import FFN, KVCache, SelfAttention, modulate
 
@@ -376,22 +377,19 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
                       f_hat=f_hat.clone(), image=image, seconds=time.perf_counter() - t0, labels=label_B, seed=seed)
 
 
-class VARPipeline:
-    """A VQ-VAE tokenizer and a VAR transformer, ready to sample. ``stream`` yields one :class:`VARStep` per
-    scale; ``generate`` returns the final images ``[B, 3, H, W]`` in [0, 1]."""
+class VARPipeline(Pipeline):
+    """A multi-scale VQ-VAE (``tokenizer``, alias ``vae``) and a VAR transformer (``model``, alias ``var``).
+    ``stream`` yields one :class:`VARStep` per scale; ``generate`` returns images ``[B, 3, H, W]`` in [0, 1]."""
 
     kind = "var"
 
     def __init__(self, vae: VQVAE, var: VAR, class_names: list[str] | None = None, defaults: dict | None = None):
         if tuple(vae.cfg.patch_nums) != tuple(var.patch_nums):
             raise ValueError(f"tokenizer scales {vae.cfg.patch_nums} differ from the transformer's {var.patch_nums}")
-        self.vae, self.var = vae.eval(), var.eval()
-        self.class_names = class_names
-        self.defaults = dict(defaults or {})
+        super().__init__(vae, var, class_names, defaults)
 
-    @property
-    def device(self) -> torch.device:
-        return self.var.lvl_1L.device
+    vae = property(lambda self: self.tokenizer)
+    var = property(lambda self: self.model)
 
     @property
     def scales(self) -> list[int]:
@@ -401,14 +399,10 @@ class VARPipeline:
     def image_size(self) -> int:
         return self.vae.cfg.image_size
 
-    def stream(self, **kwargs) -> Iterator[VARStep]:
-        return stream_var(self.var, self.vae, **{**self.defaults, **kwargs})
+    def _sample(self, **kwargs) -> Iterator[VARStep]:
+        return stream_var(self.var, self.vae, **kwargs)
 
-    @torch.inference_mode()
-    def generate(self, **kwargs) -> torch.Tensor:
-        kwargs["preview"] = False
-        for step in self.stream(**kwargs):
-            pass
+    def decode(self, step: VARStep) -> torch.Tensor:
         return self.vae.fhat_to_img(step.f_hat).add(1).mul(0.5)
 
 
