@@ -47,7 +47,5 @@ class Pipeline:
 
     @torch.inference_mode()
     def generate(self, **kwargs) -> torch.Tensor:
-        step = None
-        for step in self.stream(**{**kwargs, "preview": False}):
-            pass
-        return self.decode(step)
+        *_, last = self.stream(**{**kwargs, "preview": False})
+        return self.decode(last)

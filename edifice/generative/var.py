@@ -20,7 +20,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..pipeline import Pipeline
@@ -248,6 +247,7 @@ class VARStep:
     scale: int  # index of this scale in the model's trained list
     patch_size: int  # pn: this scale's token map is pn x pn
     tokens: torch.Tensor  # [B, pn*pn] sampled ids, row-major
+    logits: torch.Tensor  # [B, pn*pn, V] CFG-guided logits, before temperature and top-k/top-p
     f_hat: torch.Tensor  # [B, Cvae, h, w] cumulative latent after this scale (float32)
     image: torch.Tensor | None  # [B, 3, H, W] in [0, 1] decoded from f_hat, None when previews are off
     seconds: float  # wall time of this scale (sampling + preview)
@@ -356,9 +356,8 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
             x_BLC = block(x_BLC, cond, None, cache)
         logits_2BlV = var.get_logits(x_BLC, cond_BD)
         t = cfg * ratio
-        logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
-        if temperature != 1.0:
-            logits_BlV = logits_BlV / temperature
+        guided_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
+        logits_BlV = guided_BlV / temperature if temperature != 1.0 else guided_BlV.clone()
         idx_Bl = sample_top_k_top_p_(logits_BlV, top_k, top_p, rng)
         if more_smooth:  # MaskGIT-style soft codes: visual quality only, consumes RNG after the multinomial
             tau = max(0.27 * (1 - ratio * 0.95), 0.005)
@@ -373,7 +372,7 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
         image = vae.fhat_to_img(f_hat).add(1).mul(0.5) if preview else None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        yield VARStep(step=j, num_steps=len(scale_ids), scale=si, patch_size=pn, tokens=idx_Bl,
+        yield VARStep(step=j, num_steps=len(scale_ids), scale=si, patch_size=pn, tokens=idx_Bl, logits=guided_BlV,
                       f_hat=f_hat.clone(), image=image, seconds=time.perf_counter() - t0, labels=label_B, seed=seed)
 
 
