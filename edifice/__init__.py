@@ -4,10 +4,19 @@ Models (``edifice.generative``), tokenizers (``edifice.tokenizers``), streaming 
 per step or scale, and loaders for official and edifice checkpoints. Images are NCHW tensors.
 """
 
-from .errors import CheckpointError, EdificeError
+from .errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    EdificeError,
+    HubUnreachableError,
+    UnknownPresetError,
+)
+from .generative.mar import MAR, MARConfig, MARPipeline, MARStep
 from .generative.var import VAR, VARConfig, VARPipeline, VARStep
+from .loading import download, load
 from .official import load_official_var
 from .tokenizers.vqvae import VQVAE, VQVAEConfig
 
-__all__ = ["CheckpointError", "EdificeError", "VAR", "VARConfig", "VARPipeline", "VARStep", "VQVAE", "VQVAEConfig",
-           "load_official_var"]
+__all__ = ["CheckpointError", "EdificeError", "MAR", "MARConfig", "MARPipeline", "MARStep", "VAR", "VARConfig",
+           "VARPipeline", "VARStep", "VQVAE", "VQVAEConfig", "load_official_var"]
+__all__ += ["CheckpointNotFoundError", "HubUnreachableError", "UnknownPresetError", "download", "load"]

@@ -7,3 +7,15 @@ class EdificeError(Exception):
 
 class CheckpointError(EdificeError, ValueError):
     """A checkpoint file is missing, unreadable, truncated, or of the wrong model kind."""
+
+
+class CheckpointNotFoundError(CheckpointError):
+    """What was asked for does not exist: no such local folder, Hub repository, revision or file."""
+
+
+class HubUnreachableError(CheckpointError):
+    """The Hugging Face Hub could not be reached (or offline mode is on) and the files are not in the cache."""
+
+
+class UnknownPresetError(EdificeError, ValueError):
+    """A name that is neither a preset, a local folder nor a Hub repository id."""

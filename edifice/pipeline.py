@@ -9,6 +9,7 @@ images. ``defaults`` holds the sampling settings recommended for the checkpoint;
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -49,3 +50,20 @@ class Pipeline:
     def generate(self, **kwargs) -> torch.Tensor:
         *_, last = self.stream(**{**kwargs, "preview": False})
         return self.decode(last)
+
+    def save_pretrained(self, folder, **card) -> Path:
+        """Write this pipeline as an edifice checkpoint folder (config.json, model.safetensors, README.md) that
+        ``edifice.load(folder)`` reads back. ``card``: ``license``, ``base_model``, ``repo_id`` for the model
+        card. See :mod:`edifice.checkpoint`."""
+        from .checkpoint import save_pretrained  # the checkpoint module imports every pipeline family
+
+        return save_pretrained(self, folder, **card)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload this pipeline as an edifice checkpoint to the Hub repository ``repo_id`` (created if missing)
+        with huggingface_hub; afterwards ``edifice.load(repo_id)`` loads it. Needs a write token
+        (``hf auth login`` or ``HF_TOKEN``). ``kwargs``: ``private``, ``token``, ``revision`` (a branch),
+        ``commit_message``, ``license``, ``base_model``. Returns the commit URL."""
+        from .checkpoint import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
