@@ -80,6 +80,7 @@ class ModelCache:
 
 
 MODELS = ModelCache(MAX_LOADED)
+ACTIVE = {"runs": 0}  # generations in progress (Stop must bring this back down: the generator's cleanup ran)
 
 
 def check_spec(spec: str) -> str:
@@ -137,14 +138,13 @@ def on_model_change(spec, progress=gr.Progress()):
     classes = class_choices(pipe)
     info = (f"**{spec}** · {pipe.kind.upper()} · {pipe.image_size}×{pipe.image_size} px · {pipe.num_classes} classes"
             f" · {pipe.device.type} / {str(pipe.dtype).removeprefix('torch.')}")
-    steps_max = pipe.seq_len if not is_var else 1
     return (
         info,
         gr.update(choices=classes, value=classes[2] if len(classes) > 2 else "random"),
         gr.update(visible=is_var),
         gr.update(visible=not is_var),
         gr.update(choices=pipe.scales if is_var else [], value=pipe.scales if is_var else []),
-        gr.update(maximum=steps_max, value=min(d.get("num_steps", 16), steps_max)),
+        gr.update() if is_var else gr.update(maximum=pipe.seq_len, value=min(d.get("num_steps", 16), pipe.seq_len)),
         gr.update(value=d.get("temperature", 1.0)),
         gr.update(value=d.get("cfg", 1.5 if is_var else 1.0)),
         gr.update(value=d.get("top_k", 0)),
@@ -184,9 +184,7 @@ def generate(model: str = "", class_name: str = "random", scales: list | None = 
     """Stream one generation: yields (live image, token view, status, filmstrip, timings, GIF, WebP, PNG)."""
     pipe = load(model or default_model())
     labels = parse_class(class_name, pipe)
-    n = int(num_images)
-    if not 1 <= n <= MAX_IMAGES:
-        raise gr.Error(f"number of images must be 1..{MAX_IMAGES}, got {n}.")
+    n = int(num_images)  # 1..MAX_IMAGES: the slider refuses anything else, for API calls too
     seed = int(torch.randint(0, 2 ** 31 - 1, (1,)).item()) if randomize_seed else int(seed)
     kw = dict(labels=labels, batch_size=n, cfg=float(cfg), temperature=float(temperature), seed=seed)
     if pipe.kind == "var":
@@ -196,6 +194,7 @@ def generate(model: str = "", class_name: str = "random", scales: list | None = 
     else:
         kw.update(num_steps=int(steps), schedule=schedule, randomness=float(randomness))
     frames, thumbs, rows, t0 = [], [], [], time.perf_counter()
+    ACTIVE["runs"] += 1
     try:
         for step in pipe.stream(**kw):
             live = render.image_grid(step.image)
@@ -221,7 +220,8 @@ def generate(model: str = "", class_name: str = "random", scales: list | None = 
             yield live, tokens, status, render.filmstrip(thumbs), rows, *files
     except ValueError as e:  # bad scale list, steps out of range, unknown class: the library's own message
         raise gr.Error(str(e)) from None
-    finally:
+    finally:  # also runs when Stop closes the generator at its next yield
+        ACTIVE["runs"] -= 1
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -292,11 +292,16 @@ def build_demo() -> gr.Blocks:
                     stop = gr.Button("Stop", variant="stop")
             with gr.Column(scale=2):
                 with gr.Row():
-                    live = gr.Image(label="Live", type="pil", format="png", height=300, interactive=False)
+                    live = gr.Image(label="Live", type="pil", format="png", height=300, interactive=False,
+                                    elem_id="live")
                     tokens = gr.Image(label="Tokens", type="pil", format="png", height=300, interactive=False)
-                status = gr.Textbox(label="Status", interactive=False)
+                gr.Markdown("**Tokens** — VAR: the current scale's token map, one colour per code (similar codes, "
+                            "similar colours). MAR: dark = still hidden, colour = confidence of the chosen token "
+                            "(purple 0 → yellow 1), white outline = revealed in this step.", elem_classes="legend")
+                status = gr.Textbox(label="Status", interactive=False, elem_id="status")
                 strip = gr.Image(label="Filmstrip", type="pil", format="png", height=90, interactive=False)
-                timings = gr.Dataframe(headers=["step", "size / revealed", "ms"], label="Timings", interactive=False)
+                timings = gr.Dataframe(headers=["step", "size / revealed", "ms"], label="Timings", interactive=False,
+                                       max_height=260)
                 with gr.Row():
                     gif = gr.File(label="Animation (GIF)")
                     webp = gr.File(label="Animation (WebP)")

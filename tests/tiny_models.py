@@ -1,5 +1,6 @@
-"""Small random-weight VAR and MAR checkpoints (32 px, 3 classes) for app tests, saved in the edifice format
-and registered as presets through an ``EDIFICE_PRESETS`` file, so the app loads them like any preset."""
+"""Small random-weight checkpoints for app tests: a VAR with 4 scales and a MAR over 8x8 = 64 tokens, both 32 px
+with 3 classes, saved in the edifice format and registered as presets through an ``EDIFICE_PRESETS`` file, so
+the app loads them like any preset."""
 
 import json
 from pathlib import Path
@@ -22,8 +23,8 @@ def tiny_var() -> VARPipeline:
 
 def tiny_mar() -> MARPipeline:
     torch.manual_seed(1)
-    tok = VQVAE(VQVAEConfig(vocab_size=32, z_channels=8, ch=32, ch_mult=(1, 1, 2, 2), patch_nums=(4,)))
-    mar = MAR(MARConfig(vocab_size=33, embed_dim=64, num_layers=2, num_heads=2, seq_len=16, num_classes=3))
+    tok = VQVAE(VQVAEConfig(vocab_size=32, z_channels=8, ch=32, ch_mult=(1, 1, 2), patch_nums=(8,)))
+    mar = MAR(MARConfig(vocab_size=33, embed_dim=64, num_layers=2, num_heads=2, seq_len=64, num_classes=3))
     return MARPipeline(tok, mar, CLASSES, defaults=dict(num_steps=8, cfg=1.0, temperature=1.0))
 
 

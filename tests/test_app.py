@@ -1,0 +1,174 @@
+"""The Gradio app, launched on 127.0.0.1 in this process, driven by gradio_client and by Debian's chromium.
+
+The app serves two small random-weight presets (tests/tiny_models.py): tiny-var (4 scales) and tiny-mar
+(64 tokens), so every run is fast on a CPU. A screenshot of the page lands in test-results/.
+"""
+
+import concurrent.futures
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.tiny_models import write_presets
+
+RESULTS = Path(__file__).resolve().parents[1] / "test-results"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+# /generate's parameters in order (every one has a default; tests name the ones they change)
+PARAMS = ["model", "class_name", "scales", "steps", "temperature", "top_k", "top_p", "cfg", "more_smooth",
+          "schedule", "randomness", "seed", "randomize_seed", "num_images"]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    os.environ["EDIFICE_PRESETS"] = str(write_presets(tmp_path_factory.mktemp("presets")))
+    os.environ["EDIFICE_DEFAULT_MODEL"] = "tiny-mar"
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    import app
+
+    demo = app.build_demo()
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    yield url
+    demo.close()
+    for key in ("EDIFICE_PRESETS", "EDIFICE_DEFAULT_MODEL"):
+        os.environ.pop(key, None)
+
+
+@pytest.fixture
+def client(app_url):
+    from gradio_client import Client
+
+    c = Client(app_url, download_files=False, verbose=False)
+    yield c
+    c.close()
+
+
+def run(client, **kw):
+    """Submit /generate and collect every streamed update (an app error raises AppError)."""
+    job = client.submit(**kw, api_name="/generate")
+    outs = list(job)
+    job.result()
+    return outs
+
+
+def png(update) -> np.ndarray:
+    return np.asarray(Image.open(update[7]["path"]))
+
+
+def test_api_parameters_all_have_defaults(client):
+    params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/generate"]["parameters"]
+    assert [p["parameter_name"] for p in params] == PARAMS
+    assert all(p["parameter_has_default"] for p in params)
+
+
+def test_var_streams_one_update_per_chosen_scale(client):
+    outs = run(client, model="tiny-var", class_name="1 · square", scales=[1, 2, 4], seed=3)
+    assert [o[2].split(" · ")[0] for o in outs] == ["scale 1/3", "scale 2/3", "scale 3/3"]
+    assert outs[-1][2].startswith("scale 3/3 · 4×4") and "seed 3" in outs[-1][2]
+    assert all(o[7] is None for o in outs[:-1])  # downloads come with the last update only
+    assert png(outs[-1]).shape == (32, 32, 3)
+    rows = outs[-1][4]["data"]
+    assert [r[0] for r in rows] == [1, 2, 3, "total"] and [r[1] for r in rows[:3]] == [1, 2, 4]
+    with Image.open(outs[-1][5]["path"]) as gif:
+        assert gif.n_frames == 3
+
+
+def test_mar_streams_one_update_per_step(client):
+    outs = run(client, model="tiny-mar", class_name="2 · triangle", steps=12, seed=1, num_images=2)
+    assert len(outs) == 12 and outs[-1][2].startswith("step 12/12 · 64/64 revealed")
+    assert png(outs[-1]).shape == (32, 2 * 32 + 4, 3)  # two images side by side at native size, 4 px apart
+
+
+def test_seeds_repeat_and_differ(client):
+    a = png(run(client, model="tiny-mar", steps=8, seed=5)[-1])
+    b = png(run(client, model="tiny-mar", steps=8, seed=5)[-1])
+    c = png(run(client, model="tiny-mar", steps=8, seed=6)[-1])
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(model="tiny-var", scales=[2, 3]), "invalid scale list"),
+    (dict(model="tiny-mar", steps=65), "num_steps must be in 1..64"),
+    (dict(model="tiny-mar", class_name="7"), "unknown class 7"),
+    (dict(model="tiny-var", num_images=9), "greater than maximum value 4"),  # bounded by the slider itself
+    (dict(model="/etc"), "local path"),
+    (dict(model="no-such-preset"), "neither a preset nor a Hub repo id"),
+])
+def test_bad_inputs_come_back_as_readable_errors(client, kw, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        run(client, **kw)
+
+
+def test_cancel_stops_the_generator_and_the_next_run_works(client):
+    import app
+
+    job = client.submit(model="tiny-mar", steps=64, seed=0, api_name="/generate")
+    while len(job.outputs()) < 2:
+        time.sleep(0.01)
+    job.cancel()
+    deadline = time.time() + 10
+    while app.ACTIVE["runs"] and time.time() < deadline:
+        time.sleep(0.02)
+    assert app.ACTIVE["runs"] == 0  # the generator's finally ran
+    assert len(job.outputs()) < 64
+    assert len(run(client, model="tiny-var", seed=0)) == 4
+
+
+def test_four_clients_at_once_all_finish(app_url):
+    from gradio_client import Client
+
+    def one(seed):
+        c = Client(app_url, download_files=False, verbose=False)
+        try:
+            return len(run(c, model="tiny-var" if seed % 2 else "tiny-mar", steps=8, seed=seed))
+        finally:
+            c.close()
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert sorted(pool.map(one, range(4))) == [4, 4, 8, 8]
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (.ci/run installs it)")
+def test_browser_streams_frames_and_stops(app_url):
+    from playwright.sync_api import sync_playwright
+
+    RESULTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(app_url)
+        page.get_by_label("Steps (MAR)").first.wait_for()
+        page.get_by_label("Steps (MAR)").first.fill("64")
+        page.get_by_label("Steps (MAR)").first.press("Enter")
+        live = page.locator("#live img")
+        page.get_by_role("button", name="Generate").click()
+        frames = set()
+        status = page.get_by_label("Status")
+        deadline = time.time() + 60
+        while "64/64 revealed" not in status.input_value() and time.time() < deadline:
+            if live.count():
+                frames.add(live.first.get_attribute("src"))
+            page.wait_for_timeout(20)
+        assert "64/64 revealed" in status.input_value()
+        assert len(frames) >= 3, f"saw {len(frames)} distinct live frames"
+        page.screenshot(path=str(RESULTS / "app.png"), full_page=True)
+
+        page.get_by_role("button", name="Generate").click()
+        page.wait_for_function("() => document.querySelector('#status textarea').value.startsWith('step 3/')",
+                               timeout=30_000)
+        page.get_by_role("button", name="Stop").click()
+        page.wait_for_timeout(1500)
+        stopped_at = int(status.input_value().split("/")[0].removeprefix("step "))
+        assert stopped_at < 64
+        page.wait_for_timeout(500)
+        assert int(status.input_value().split("/")[0].removeprefix("step ")) == stopped_at
+        browser.close()
