@@ -246,7 +246,7 @@ def _start(init_tokens, B: int, L: int, V: int, mask_token_id: int, device) -> t
     return init.expand(B, L).clone()
 
 
-def gumbel_noise(shape, rng: torch.Generator, device) -> torch.Tensor:
+def _gumbel_noise(shape, rng: torch.Generator, device) -> torch.Tensor:
     return -torch.empty(shape, device=device).exponential_(generator=rng).log()
 
 
@@ -268,8 +268,8 @@ def decode_steps(model: MAR, *, num_steps: int = 8, seq_len: int | None = None, 
 
     - ``seq_len`` / ``vocab_size``: default to the model's; a different ``vocab_size`` raises.
     - ``labels``: as in VAR (None = drawn from the seeded generator, an int = whole batch, negative =
-      unconditional, a list = one per image); an unconditional model takes None only. ``cfg``: constant
-      guidance ``u + cfg (c - u)``, 1 = off.
+      unconditional, a list = one per image); an unconditional model takes only None or a negative int.
+      ``cfg``: constant guidance ``u + cfg (c - u)``, 1 = off.
     - ``init_tokens``: ``[L]`` or ``[B, L]`` ids with ``mask_token_id`` where unknown (inpainting); the
       schedule then spreads each row's unknown positions over the steps. ``batch_size`` defaults to B.
     - ``seed``: one ``torch.Generator`` on the model's device makes every draw (labels, then per step the
@@ -317,7 +317,7 @@ def decode_steps(model: MAR, *, num_steps: int = 8, seq_len: int | None = None, 
                 conf_BL = probs_BLV.gather(-1, pred_BL[..., None])[..., 0]
             score_BL = conf_BL.log()
             if randomness > 0:
-                score_BL = score_BL + randomness * (1 - (k + 1) / num_steps) * gumbel_noise(
+                score_BL = score_BL + randomness * (1 - (k + 1) / num_steps) * _gumbel_noise(
                     (B, L), rng, device)
             order_BL = score_BL.masked_fill(~mask_BL, -torch.inf).sort(dim=1, descending=True, stable=True).indices
             take_BL = torch.arange(L, device=device)[None] < counts_BK[:, k:k + 1]
