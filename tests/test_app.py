@@ -108,6 +108,15 @@ def test_bad_inputs_come_back_as_readable_errors(client, kw, message):
         run(client, **kw)
 
 
+def test_hub_model_without_network_gives_the_loaders_message(client):
+    """var-d16 is not cached and the Hub (HF_ENDPOINT: the fake Hub, not running here) cannot be reached."""
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="could not reach the Hugging Face Hub"):
+        client.predict("var-d16", api_name="/select_model")
+    assert len(run(client, model="tiny-var", seed=0)) == 4  # and the app keeps working
+
+
 def test_cancel_stops_the_generator_and_the_next_run_works(client):
     import app
 
