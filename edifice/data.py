@@ -1,0 +1,261 @@
+"""Training data: the emoji dataset builder and an ImageFolder reader (PIL only, no torchvision).
+
+``python -m edifice.data emoji --out DIR`` turns the npm packages ``emoji-datasource-twitter`` (Twemoji art,
+CC-BY 4.0) and ``emoji-datasource-google`` (Noto art, Apache-2.0) into an ImageFolder tree::
+
+    DIR/train/<category>/<style>_<code>.png      64x64 RGB, alpha composited on white
+    DIR/heldout/<category>/<style>_<code>.png
+    DIR/manifest.json                             classes, counts per split/category/style, attributions
+
+Labels are the package's ``category`` ("Component", the bare skin-tone swatches, is dropped). The split is by
+emoji: a stable hash of the unified code decides the side, so both art styles of an emoji (and its skin-tone
+variants, when included) always land together and held-out images are emoji the models never saw.
+Skin-tone variants are left out by default: they are recolourings of one shape and would make "People & Body"
+60% of the data (``--skin-tones`` adds them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+EMOJI_VERSION = "16.0.0"
+EMOJI_STYLES = ("twitter", "google")
+DROPPED_CATEGORIES = ("Component",)
+ATTRIBUTION = {
+    "twitter": {
+        "art": "Twemoji",
+        "copyright": "Copyright 2019 Twitter, Inc and other contributors; Copyright 2024 jdecked and contributors",
+        "license": "CC-BY-4.0",
+        "license_url": "https://creativecommons.org/licenses/by/4.0/",
+        "source": "https://github.com/jdecked/twemoji (via the npm package emoji-datasource-twitter, "
+                  "iamcal/emoji-data)",
+    },
+    "google": {
+        "art": "Noto Emoji",
+        "copyright": "Copyright 2013 Google Inc.",
+        "license": "Apache-2.0",
+        "license_url": "https://www.apache.org/licenses/LICENSE-2.0",
+        "source": "https://github.com/googlefonts/noto-emoji (via the npm package emoji-datasource-google, "
+                  "iamcal/emoji-data)",
+    },
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+
+
+def cache_dir() -> Path:
+    """Where downloaded package tarballs are kept: ``$EDIFICE_CACHE`` or ``~/.cache/edifice``."""
+    root = os.environ.get("EDIFICE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edifice"
+    return Path(root)
+
+
+def fetch_npm_tarball(package: str, version: str = EMOJI_VERSION) -> Path:
+    """``npm pack package@version`` into the cache (once) and return the tarball's path."""
+    dest = cache_dir()
+    path = dest / f"{package}-{version}.tgz"
+    if path.is_file():
+        return path
+    if shutil.which("npm") is None:
+        raise SystemExit(f"npm is not installed: download {package}@{version} yourself "
+                         f"(npm pack {package}@{version}) and pass the .tgz with --tarball-{package.rsplit('-', 1)[1]}")
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["npm", "pack", f"{package}@{version}", "--pack-destination", str(dest), "--silent"],
+                   check=True, stdout=subprocess.DEVNULL)
+    if not path.is_file():
+        raise SystemExit(f"npm pack did not produce {path}")
+    return path
+
+
+def read_package(tarball: Path, style: str) -> tuple[list[dict], dict[str, bytes]]:
+    """``emoji.json`` and the raw 64x64 PNGs (by file name) of one emoji-datasource tarball, in one pass."""
+    prefix = f"package/img/{style}/64/"
+    emoji, pngs = None, {}
+    with tarfile.open(tarball, "r:gz") as tar:
+        for member in tar:
+            if member.name == "package/emoji.json":
+                emoji = json.load(tar.extractfile(member))
+            elif member.isfile() and member.name.startswith(prefix) and member.name.endswith(".png"):
+                pngs[member.name[len(prefix):]] = tar.extractfile(member).read()
+    if emoji is None or not pngs:
+        raise SystemExit(f"{tarball} is not an emoji-datasource-{style} package "
+                         f"(needs package/emoji.json and {prefix}*.png)")
+    return emoji, pngs
+
+
+def slug(category: str) -> str:
+    """Folder name of a category: "Smileys & Emotion" -> "smileys-emotion"."""
+    return re.sub(r"[^a-z0-9]+", "-", category.lower()).strip("-")
+
+
+def is_heldout(unified: str, fraction: float) -> bool:
+    """Stable split by emoji: the first 8 bytes of sha256(unified code) as a number in [0, 1)."""
+    h = int.from_bytes(hashlib.sha256(unified.upper().encode()).digest()[:8], "big")
+    return h / 2 ** 64 < fraction
+
+
+def on_white(png: bytes, size: int) -> Image.Image:
+    """Decode a PNG (any mode, with or without alpha) and composite it on white as RGB ``size`` x ``size``."""
+    im = Image.open(io.BytesIO(png)).convert("RGBA")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.LANCZOS)
+    white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, im).convert("RGB")
+
+
+def emoji_images(entries: list[dict], style: str, skin_tones: bool):
+    """(emoji key, category, image file) of every image of one style; skin-tone variants share their base's key."""
+    for e in entries:
+        if e["category"] in DROPPED_CATEGORIES:
+            continue
+        if e.get(f"has_img_{style}", True):
+            yield e["unified"], e["category"], e["image"]
+        if skin_tones:
+            for v in e.get("skin_variations", {}).values():
+                if v.get(f"has_img_{style}", True):
+                    yield e["unified"], e["category"], v["image"]
+
+
+def build_emoji(out: Path, tarballs: dict[str, Path], heldout_fraction: float = 0.1, skin_tones: bool = False,
+                size: int = 64) -> dict:
+    """Write the emoji ImageFolder tree and manifest under ``out`` (see the module docstring); returns the
+    manifest. The tree is built in ``out.partial`` and swapped in at the end, so ``out`` is never half-written;
+    an existing ``out`` is replaced only if it is a previous build (has a manifest.json)."""
+    out = Path(out)
+    if out.exists() and not (out / "manifest.json").is_file():
+        raise SystemExit(f"{out} exists and is not an emoji dataset (no manifest.json); choose another --out")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    packages = {style: read_package(Path(path), style) for style, path in tarballs.items()}
+    jobs = [(style, key, cat, name) for style, (entries, _) in packages.items()
+            for key, cat, name in emoji_images(entries, style, skin_tones)]
+    counts = {split: Counter() for split in ("train", "heldout")}
+    emoji_by_split = {split: set() for split in counts}
+    missing = Counter()
+    for style, key, cat, name in tqdm(jobs, desc="emoji", unit="img"):
+        png = packages[style][1].get(name)
+        if png is None:
+            missing[style] += 1
+            continue
+        split = "heldout" if is_heldout(key, heldout_fraction) else "train"
+        folder = tmp / split / slug(cat)
+        folder.mkdir(parents=True, exist_ok=True)
+        on_white(png, size).save(folder / f"{style}_{name}", optimize=True)
+        counts[split][(slug(cat), style)] += 1
+        emoji_by_split[split].add(key)
+
+    folders = {slug(cat): cat for _, _, cat, _ in jobs}
+    classes = [{"index": i, "folder": f, "name": folders[f]} for i, f in enumerate(sorted(folders))]
+    manifest = {
+        "dataset": "emoji",
+        "image_size": size,
+        "background": "white",
+        "label": "emoji-datasource `category`; dropped: " + ", ".join(DROPPED_CATEGORIES),
+        "split": f"by emoji: sha256(unified code) < {heldout_fraction} of the hash range -> heldout",
+        "heldout_fraction": heldout_fraction,
+        "skin_tones": skin_tones,
+        "sources": {style: {"package": f"emoji-datasource-{style}", "tarball": Path(path).name,
+                            "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+                    for style, path in tarballs.items()},
+        "classes": classes,
+        "counts": {split: {
+            "images": sum(c.values()),
+            "emoji": len(emoji_by_split[split]),
+            "by_style": {s: sum(n for (_, st), n in c.items() if st == s) for s in tarballs},
+            "by_class": {k["folder"]: {s: c[(k["folder"], s)] for s in tarballs} for k in classes},
+        } for split, c in counts.items()},
+        "missing_images": dict(missing),
+        "attribution": {style: ATTRIBUTION[style] for style in tarballs},
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return manifest
+
+
+# -- reading an ImageFolder ------------------------------------------------------------------------------------
+def load_image(path: Path, size: int) -> np.ndarray:
+    """An image file as ``[size, size, 3]`` uint8: alpha composited on white, the shorter side resized to
+    ``size`` (bicubic) and the centre cropped."""
+    im = Image.open(path)
+    if im.mode in ("RGBA", "LA", "P", "PA"):
+        im = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
+    im = im.convert("RGB")
+    if im.size != (size, size):
+        w, h = im.size
+        s = size / min(w, h)
+        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+        w, h = im.size
+        left, top = (w - size) // 2, (h - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+    return np.array(im, dtype=np.uint8)
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """``root/<class>/<image>`` -> (image ``[3, size, size]`` float in [-1, 1], class index). Classes are the
+    sub-folder names in sorted order. A ``manifest.json`` in ``root`` or its parent (as written by
+    :func:`build_emoji`) is read into ``manifest``: it gives the classes' display names and the attributions."""
+
+    def __init__(self, root: Path, size: int):
+        self.root, self.size = Path(root), size
+        if not self.root.is_dir():
+            raise SystemExit(f"no image folder at {self.root}")
+        self.folders = sorted(d.name for d in self.root.iterdir() if d.is_dir())
+        self.samples = [(p, i) for i, f in enumerate(self.folders) for p in sorted((self.root / f).iterdir())
+                        if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not self.samples:
+            raise SystemExit(f"{self.root} holds no images in class sub-folders (expected root/<class>/<image>)")
+        path = next((p for p in (self.root / "manifest.json", self.root.parent / "manifest.json") if p.is_file()),
+                    None)
+        self.manifest = json.loads(path.read_text()) if path else {}
+        names = {c["folder"]: c["name"] for c in self.manifest.get("classes", [])}
+        self.class_names = [names.get(f, f) for f in self.folders]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        img = torch.from_numpy(load_image(path, self.size)).permute(2, 0, 1)
+        return img.float().div(127.5).sub(1), label
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m edifice.data", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="dataset", required=True)
+    e = sub.add_parser("emoji", help="Twemoji + Noto emoji, 64x64, labelled by category")
+    e.add_argument("--out", type=Path, default=Path("data/emoji"), help="output folder (default: data/emoji)")
+    for style in EMOJI_STYLES:
+        e.add_argument(f"--tarball-{style}", type=Path, default=None,
+                       help=f"emoji-datasource-{style} .tgz (default: npm pack into {cache_dir()})")
+    e.add_argument("--version", default=EMOJI_VERSION, help="npm package version (default: %(default)s)")
+    e.add_argument("--heldout", type=float, default=0.1, help="share of emoji held out (default: %(default)s)")
+    e.add_argument("--skin-tones", action="store_true", help="also include the skin-tone variants")
+    args = p.parse_args(argv)
+    tarballs = {s: getattr(args, f"tarball_{s}") or fetch_npm_tarball(f"emoji-datasource-{s}", args.version)
+                for s in EMOJI_STYLES}
+    m = build_emoji(args.out, tarballs, heldout_fraction=args.heldout, skin_tones=args.skin_tones)
+    for split in ("train", "heldout"):
+        c = m["counts"][split]
+        print(f"{split}: {c['images']} images of {c['emoji']} emoji  " + "  ".join(
+            f"{k}={sum(v.values())}" for k, v in c["by_class"].items()))
+    print(f"wrote {args.out}/ (manifest.json has the counts and the licence attributions)")
+
+
+if __name__ == "__main__":
+    main()

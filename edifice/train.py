@@ -1,0 +1,688 @@
+"""Train the tokenizers, VAR and MAR: ``python -m edifice.train {tokenizer,var,mar} --data DIR --out RUN``.
+
+Built on accelerate, so one command runs on the CPU, one GPU or several (``accelerate launch -m
+edifice.train ...``), with ``--mixed-precision`` and ``--grad-accum``. Input is any ImageFolder tree
+(``DIR/<class>/<image>``), resized and centre-cropped to the tokenizer's resolution. Stages:
+
+- ``tokenizer``: the VQ-VAE of :mod:`edifice.tokenizers.vqvae`, multi-scale residual for VAR (``--scales
+  1,2,3,4,5,6,8``) or single-scale for MAR (``--scales 8``). Loss = L1 reconstruction (``--recon-loss mse``
+  for MSE) + the quantizer's codebook + beta * commitment loss, gradients through the quantizer
+  straight-through. Dead codes: a code no image chose for ``--dead-after`` steps (since it was last set) is
+  re-initialised from a random quantizer input of the current batch (its Adam moments zeroed, its EMA copy
+  moved with it). ``codes_used`` in the metrics is the share of codes chosen within the last
+  ``--dead-after`` steps.
+- ``var``: teacher-forced cross-entropy over the whole token pyramid in one pass (block-causal mask), class
+  dropout for classifier-free guidance. ``--scale-aug P``: a share P of the batches trains on a random
+  valid sub-list of the scales (first and last kept, each one between with probability 1/2), its tokens
+  re-quantized for that sub-list, so the sampler's scale-list control gives real images.
+- ``mar``: cross-entropy on the masked tokens, mask ratios from MAR's training default (``maskgit``:
+  cos(pi u / 2), see :func:`edifice.generative.mar.sample_mask_ratio`), class dropout.
+
+Learning rate: linear warm-up, then cosine decay to a tenth at ``--steps``. AdamW; weight decay only on the
+weights of linear and conv layers. The exported weights are an EMA of the trained ones (``--ema``).
+
+A run folder holds ``run.json`` (stage, architecture, classes, options), ``metrics.csv`` (one row per
+``--log-every`` steps), ``state/`` (accelerate's state plus step counters and EMA; rerunning the command on
+the same ``--out`` resumes from it, with the architecture of ``run.json``) and ``export/`` (written at every
+save and at the end: a tokenizer folder for ``tokenizer``, an edifice checkpoint for ``var`` and ``mar``).
+The same code is importable: :func:`run` takes the command-line options as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
+from accelerate.utils import broadcast, set_seed
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import ImageFolder
+from .generative import mar as mar_mod
+from .generative import var as var_mod
+from .tokenizers.vqvae import VQVAE, VQVAEConfig
+
+STAGES = ("tokenizer", "var", "mar")
+TOKENIZER_FORMAT = "edifice-tokenizer"
+
+
+# -- tokenizer folders ----------------------------------------------------------------------------------------
+def save_tokenizer(vae: VQVAE, folder: Path, card: str = "") -> Path:
+    """A trained tokenizer on its own: ``config.json`` + ``model.safetensors`` (+ ``README.md``), the input of
+    the var and mar stages."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, tmp / "model.safetensors",
+              metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps({"format": TOKENIZER_FORMAT, "tokenizer": vae.cfg.to_dict()},
+                                                indent=2) + "\n")
+    (tmp / "README.md").write_text(card)
+    replace_dir(tmp, folder)
+    return folder
+
+
+def load_tokenizer(path: Path) -> VQVAE:
+    """A tokenizer folder written by :func:`save_tokenizer`, or the run folder of a tokenizer stage."""
+    path = Path(path)
+    folder = path / "export" if (path / "export" / "config.json").is_file() else path
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    if config.get("format") != TOKENIZER_FORMAT:
+        raise SystemExit(f"{path} is not a tokenizer folder; pass the --out folder of a `tokenizer` run "
+                         "(or its export/ folder)")
+    vae = VQVAE(VQVAEConfig(**config["tokenizer"]))
+    vae.load_state_dict(load_file(folder / "model.safetensors"))
+    return vae.eval().requires_grad_(False)
+
+
+def replace_dir(tmp: Path, folder: Path) -> None:
+    """Swap a finished ``tmp`` folder in for ``folder`` (the old one is moved aside first, then deleted)."""
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# -- pieces shared by the stages ------------------------------------------------------------------------------
+def index_batches(n: int, batch_size: int, seed: int, start: int = 0, rank: int = 0,
+                  world: int = 1) -> Iterator[torch.Tensor]:
+    """Index batches forever: epoch e is ``randperm(n)`` from a generator seeded with (seed, e), split between
+    the processes, cut into full batches. ``start`` skips that many batches (resuming mid-epoch)."""
+    per_epoch = n // world // batch_size
+    if per_epoch == 0:
+        raise SystemExit(f"{n} images are fewer than one batch ({batch_size} x {world} processes); "
+                         "lower --batch-size")
+    epoch, skip = divmod(start, per_epoch)
+    while True:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=g)[rank::world]
+        for b in range(skip, per_epoch):
+            yield perm[b * batch_size:(b + 1) * batch_size]
+        epoch, skip = epoch + 1, 0
+
+
+def random_scale_ids(patch_nums, generator: torch.Generator) -> list[int]:
+    """A random valid sub-list of a trained scale list, as indices: the first and last size always, each
+    size between with probability 1/2 (strictly increasing, checked by ``check_scales``)."""
+    K = len(patch_nums)
+    keep = (torch.rand(max(K - 2, 0), generator=generator) < 0.5).tolist()
+    tail = [patch_nums[-1]] if K > 1 else []
+    sizes = [patch_nums[0]] + [pn for pn, k in zip(patch_nums[1:-1], keep, strict=True) if k] + tail
+    return var_mod.check_scales(sizes, patch_nums)
+
+
+def pick_scale_ids(patch_nums, share: float, generator: torch.Generator) -> list[int] | None:
+    """None (the full list) or, with probability ``share``, a random sub-list."""
+    if share > 0 and torch.rand((), generator=generator).item() < share:
+        return random_scale_ids(patch_nums, generator)
+    return None
+
+
+def quantizer_inputs(vae: VQVAE, img: torch.Tensor) -> torch.Tensor:
+    """Every vector the quantizer snaps to a code for these images, ``[N, Cvae]``: per scale the residual
+    ``f - f_hat`` so far, area-downsampled to that scale (dead codes are re-initialised from these)."""
+    quant = vae.quantize
+    f = vae.encode(img).float()
+    fhats = quant.f_to_idx(f, to_fhat=True)
+    rows = [quant.downsample(f - (fhats[k - 1] if k else 0), pn) for k, pn in enumerate(quant.patch_nums)]
+    return torch.cat([r.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for r in rows])
+
+
+@torch.no_grad()
+def encode_dataset(vae: VQVAE, dataset: ImageFolder, batch_size: int, device, workers: int = 0):
+    """Encoder latents ``[N, Cvae, h, w]`` and labels ``[N]`` of a whole image folder, on ``device``."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    fs, ys = [], []
+    for img, y in tqdm(loader, desc="encoding", unit="batch", disable=not PartialState().is_main_process):
+        fs.append(vae.encode(img.to(device)).float())
+        ys.append(y.to(device))
+    return torch.cat(fs), torch.cat(ys)
+
+
+class EMA:
+    """Exponential moving average of a model's parameters in float32, with the usual warm-up
+    ``decay_t = min(decay, (1 + t) / (10 + t))`` so that the random initialisation fades quickly.
+    Decay 0 makes it a copy of the raw weights."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for n, p in model.named_parameters():
+            self.shadow[n].lerp_(p.detach().float(), 1 - d)
+
+    @torch.no_grad()
+    def copy_of(self, model: nn.Module) -> nn.Module:
+        ema = copy.deepcopy(model)
+        for n, p in ema.named_parameters():
+            p.copy_(self.shadow[n])
+        return ema
+
+
+class TrainState:
+    """What accelerate's ``save_state`` does not cover: step counters, wall time, EMA and the stage's own state."""
+
+    def __init__(self, ema: EMA, task: Task):
+        self.ema, self.task = ema, task
+        self.step = self.batches = self.images = 0
+        self.seconds = 0.0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "batches": self.batches, "images": self.images, "seconds": self.seconds,
+                "ema": self.ema.shadow, "task": self.task.state_dict()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.step, self.batches, self.images, self.seconds = sd["step"], sd["batches"], sd["images"], sd["seconds"]
+        for n, t in sd["ema"].items():
+            self.ema.shadow[n].copy_(t)
+        self.task.load_state_dict(sd["task"])
+
+
+# -- stages ---------------------------------------------------------------------------------------------------
+class Task:
+    """One training stage: builds its model and data, computes the loss of a batch, exports the result."""
+
+    lr, weight_decay, betas = 3e-4, 0.0, (0.9, 0.95)
+
+    def __init__(self, args, saved: dict | None, device: torch.device):
+        self.args, self.device = args, device
+
+    def config(self) -> dict:
+        return self.model.cfg.to_dict()
+
+    def batches(self, start: int, rank: int, world: int) -> Iterator:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch, g: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """Loss to minimise and the metrics to average over a log window (scalar tensors)."""
+        raise NotImplementedError
+
+    def after_step(self, accelerator: Accelerator, model: nn.Module, optimizer, state: TrainState,
+                   g: torch.Generator) -> dict:
+        """Called after every optimizer step; returns gauges to log as they are at the log step."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, sd: dict) -> None:
+        pass
+
+    def export(self, model: nn.Module, folder: Path, card: str) -> Path:
+        raise NotImplementedError
+
+    def image_batches(self, dataset: ImageFolder, start: int, rank: int, world: int) -> Iterator:
+        sampler = index_batches(len(dataset), self.args.batch_size, self.args.seed, start, rank, world)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=self.args.workers)
+        for img, y in loader:
+            yield img.to(self.device), y.to(self.device)
+
+
+class TokenizerTask(Task):
+    lr, weight_decay, betas = 3e-4, 0.0, (0.9, 0.99)
+
+    def __init__(self, args, saved, device):
+        super().__init__(args, saved, device)
+        if saved:
+            self.model = VQVAE(VQVAEConfig(**saved["model"]))
+        else:
+            self.model = var_mod.build_tokenizer(
+                image_size=args.image_size, scales=tuple(args.scales), codebook_size=args.codebook_size,
+                embed_dim=args.embed_dim, ch=args.ch, num_res_blocks=args.num_res_blocks, using_sa=args.attn,
+                using_mid_sa=args.attn, beta=args.beta)
+        self.dataset = ImageFolder(args.data, self.model.cfg.image_size)
+        V = self.model.vocab_size
+        self.last_hit = torch.full((V,), -1)  # optimizer step at which each code was last chosen (-1: never)
+        self.born = torch.zeros(V, dtype=torch.long)  # step at which each code was (re-)initialised
+        self.resets = 0
+        self.hits = torch.zeros(V, device=device)
+        self.last_img = None
+
+    def batches(self, start, rank, world):
+        return self.image_batches(self.dataset, start, rank, world)
+
+    def loss(self, model, batch, g):
+        img, _ = batch
+        recon, vq_loss, hits = model(img, pick_scale_ids(self.model.cfg.patch_nums, self.args.scale_aug, g))
+        recon = recon.float()
+        rec = F.l1_loss(recon, img) if self.args.recon_loss == "l1" else F.mse_loss(recon, img)
+        self.hits += hits.detach()
+        self.last_img = img
+        mse01 = (recon.detach().clamp(-1, 1) - img).div(2).square().mean()
+        loss = rec + vq_loss
+        return loss, {"loss": loss.detach(), "recon": rec.detach(), "vq": vq_loss.detach(),
+                      "psnr": -10 * mse01.clamp_min(1e-10).log10()}
+
+    def after_step(self, accelerator, model, optimizer, state, g):
+        used = (accelerator.reduce(self.hits, "sum") > 0).cpu()
+        self.hits.zero_()
+        self.last_hit[used] = state.step
+        dead = state.step - torch.maximum(self.last_hit, self.born) >= self.args.dead_after
+        if self.args.dead_after > 0 and bool(dead.any()):
+            self.reinit_codes(dead.nonzero().flatten(), accelerator, model, optimizer, state, g)
+        window = self.args.dead_after or 100
+        recent = (self.last_hit >= 0) & (state.step - self.last_hit < window)
+        return {"codes_used": recent.float().mean().item(), "codes_reset": self.resets}
+
+    @torch.no_grad()
+    def reinit_codes(self, dead: torch.Tensor, accelerator, model, optimizer, state, g):
+        """Put dead codes on random quantizer inputs of the last batch (the same on every process); their
+        Adam moments restart from zero and their EMA copy jumps with them."""
+        vae = accelerator.unwrap_model(model)
+        z = quantizer_inputs(vae, self.last_img)
+        new = z[torch.randint(len(z), (len(dead),), generator=g).to(z.device)]
+        new = broadcast(new.contiguous(), from_process=0)
+        weight = vae.quantize.embedding.weight
+        rows = dead.to(weight.device)
+        weight[rows] = new.to(weight.dtype)
+        for moment in optimizer.state.get(weight, {}).values():
+            if torch.is_tensor(moment) and moment.shape == weight.shape:
+                moment[rows] = 0
+        state.ema.shadow["quantize.embedding.weight"][rows] = new.float()
+        self.born[dead] = state.step
+        self.resets += len(dead)
+
+    def state_dict(self):
+        return {"last_hit": self.last_hit, "born": self.born, "resets": self.resets}
+
+    def load_state_dict(self, sd):
+        self.last_hit.copy_(sd["last_hit"])
+        self.born.copy_(sd["born"])
+        self.resets = sd["resets"]
+
+    def export(self, model, folder, card):
+        cfg = model.cfg
+        title = (f"# edifice tokenizer\n\nVQ-VAE, {cfg.image_size} px, codebook {cfg.vocab_size} x {cfg.z_channels}, "
+                 f"token maps {list(cfg.patch_nums)}. Load with `edifice.train.load_tokenizer(folder)`.\n\n")
+        return save_tokenizer(model, folder, title + card)
+
+
+class TransformerTask(Task):
+    """What VAR and MAR share: a frozen tokenizer, the classes of the image folder, encoded data."""
+
+    lr, weight_decay = 4e-4, 0.05
+
+    def __init__(self, args, saved, device):
+        super().__init__(args, saved, device)
+        self.vae = load_tokenizer(args.tokenizer).to(device)
+        self.dataset = ImageFolder(args.data, self.vae.cfg.image_size)
+        self.num_classes = len(self.dataset.folders)
+        self.cached = None
+        if args.cache_latents:
+            self.cached = self.prepare(*encode_dataset(self.vae, self.dataset, args.batch_size, device, args.workers))
+
+    def prepare(self, f: torch.Tensor, y: torch.Tensor):
+        """What a batch carries, computed from encoder latents (once for all when cached)."""
+        return f, y
+
+    def batches(self, start, rank, world):
+        if self.cached is None:
+            for img, y in self.image_batches(self.dataset, start, rank, world):
+                with torch.no_grad():  # not around the yield: grad mode would leak into the training step
+                    batch = self.prepare(self.vae.encode(img).float(), y)
+                yield batch
+        else:
+            x, y = self.cached
+            for idx in index_batches(len(y), self.args.batch_size, self.args.seed, start, rank, world):
+                idx = idx.to(y.device)
+                yield x[idx], y[idx]
+
+    def export(self, model, folder, card):
+        pipe = self.pipeline(copy.deepcopy(self.vae).cpu(), model, self.dataset.class_names, {})
+        pipe.save_pretrained(folder)
+        with open(Path(folder) / "README.md", "a") as f:
+            f.write("\n" + card)
+        return Path(folder)
+
+
+class VARTask(TransformerTask):
+    pipeline = var_mod.VARPipeline
+
+    def __init__(self, args, saved, device):
+        super().__init__(args, saved, device)
+        cfg = self.vae.cfg
+        if saved:
+            self.model = var_mod.VAR(var_mod.VARConfig(**saved["model"]))
+        else:
+            self.model = var_mod.build(hidden_size=args.width, num_layers=args.depth, num_heads=args.heads,
+                                       mlp_ratio=args.mlp_ratio, scales=cfg.patch_nums,
+                                       codebook_size=cfg.vocab_size, dropout=args.dropout,
+                                       num_classes=self.num_classes, embed_dim=cfg.z_channels,
+                                       cond_drop_rate=args.cond_drop)
+        if tuple(self.model.patch_nums) != tuple(cfg.patch_nums):
+            raise SystemExit(f"the tokenizer's scales {cfg.patch_nums} differ from the run's {self.model.patch_nums}")
+
+    def loss(self, model, batch, g):
+        f, y = batch
+        quant = self.vae.quantize
+        ids = pick_scale_ids(self.vae.cfg.patch_nums, self.args.scale_aug, g) or quant.scale_ids()
+        with torch.no_grad():
+            idx = quant.f_to_idx(f, ids)
+            x = quant.idx_to_var_input(idx, ids) if len(ids) > 1 else None
+        logits = model(y, x, ids)
+        target = torch.cat(idx, dim=1)
+        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten())
+        acc = (logits.detach().argmax(-1) == target).float().mean()
+        return loss, {"loss": loss.detach(), "acc": acc}
+
+
+class MARTask(TransformerTask):
+    pipeline = mar_mod.MARPipeline
+
+    def __init__(self, args, saved, device):
+        super().__init__(args, saved, device)
+        cfg = self.vae.cfg
+        if len(cfg.patch_nums) != 1:
+            raise SystemExit(f"MAR needs a single-scale tokenizer, this one has scales {cfg.patch_nums}; train "
+                             "one with `tokenizer --scales 8` (one size)")
+        if saved:
+            self.model = mar_mod.MAR(mar_mod.MARConfig(**saved["model"]))
+        else:
+            self.model = mar_mod.MAR(mar_mod.MARConfig(
+                vocab_size=cfg.vocab_size + 1, embed_dim=args.width, num_layers=args.depth, num_heads=args.heads,
+                seq_len=cfg.patch_nums[0] ** 2, dropout=args.dropout, num_classes=self.num_classes,
+                mlp_ratio=args.mlp_ratio, cond_drop_rate=args.cond_drop))
+
+    def prepare(self, f, y):
+        """MAR ids of the latents: code + 1 (0 is [MASK])."""
+        return self.vae.quantize.f_to_idx(f)[0] + 1, y
+
+    def loss(self, model, batch, g):
+        tokens, y = batch
+        dev_g = torch.Generator(tokens.device).manual_seed(int(torch.randint(2 ** 62, (), generator=g)))
+        inp, mask = mar_mod.random_mask(tokens, self.args.mask_schedule, dev_g)
+        logits = model(inp, y)
+        loss = mar_mod.mar_loss(logits, tokens, mask)
+        hit = (logits.detach().argmax(-1) == tokens) & mask
+        return loss, {"loss": loss.detach(), "acc": hit.sum() / mask.sum().clamp_min(1)}
+
+
+TASKS = {"tokenizer": TokenizerTask, "var": VARTask, "mar": MARTask}
+
+
+# -- the loop -------------------------------------------------------------------------------------------------
+def lr_at(step: int, args) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, cosine to lr/10 at ``--steps``."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    t = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+    return args.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on the weights of linear and conv layers only (not on norms, biases, embeddings, codes)."""
+    decay = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0}]
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "CPU"
+
+
+def hardware(accelerator: Accelerator) -> str:
+    dev = accelerator.device
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
+    return (f"{accelerator.num_processes} x {dev.type} ({name}), {os.cpu_count()} CPU cores, "
+            f"torch {torch.__version__}, mixed precision {accelerator.mixed_precision}")
+
+
+def training_card(args, state: TrainState, last: dict, accelerator: Accelerator, data: ImageFolder) -> str:
+    """Markdown: how the weights were trained (the model card's training section), with the data's
+    attributions when its manifest has them."""
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("step", "epoch", "images", "seconds"))
+    credits = "".join(f"- training images: {a['art']}, {a['copyright']}, {a['license']} ({a['license_url']}), "
+                      f"{a['source']}\n" for a in data.manifest.get("attribution", {}).values())
+    return (f"## Training\n\n- stage: `{args.stage}`, command: `{args.command}`\n"
+            f"- data: `{args.data}`, {len(data)} images, {len(data.class_names)} classes: "
+            f"{', '.join(data.class_names)}\n{credits}"
+            f"- hardware: {hardware(accelerator)}\n"
+            f"- {state.step} optimizer steps, {state.images} images seen, wall time "
+            f"{state.seconds / 60:.1f} min; weights: {f'EMA (decay {args.ema})' if args.ema else 'raw (no EMA)'}\n"
+            f"- last logged metrics (training batches): {metrics or 'none'}\n")
+
+
+class MetricsLog:
+    """``metrics.csv`` beside the run: one row per log step, appended across resumes (main process only)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, row: dict) -> None:
+        if not PartialState().is_main_process:
+            return
+        new = not self.path.is_file()
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+def find_state(out: Path) -> Path | None:
+    for name in ("state", "state.old"):  # state.old: a crash between the two renames of a save
+        if (out / name).is_dir() and (out / "run.json").is_file():
+            return out / name
+    return None
+
+
+def train(args) -> dict:
+    """Run one stage as described by the parsed options; returns a summary (see :func:`run`)."""
+    out = Path(args.out)
+    t_start = time.perf_counter()
+    resume = find_state(out)
+    saved = json.loads((out / "run.json").read_text()) if resume else None
+    if saved and saved["stage"] != args.stage:
+        raise SystemExit(f"{out} holds a {saved['stage']} run, not {args.stage}; use another --out")
+    args.lr = TASKS[args.stage].lr if args.lr is None else args.lr
+    args.weight_decay = TASKS[args.stage].weight_decay if args.weight_decay is None else args.weight_decay
+    # a tokenizer step on a scale sub-list leaves some phi convs without gradient; DDP must be told
+    kwargs = [DistributedDataParallelKwargs(find_unused_parameters=args.stage == "tokenizer" and args.scale_aug > 0)]
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum,
+                              cpu=args.cpu, kwargs_handlers=kwargs)
+    set_seed(args.seed)
+    task = TASKS[args.stage](args, saved, accelerator.device)
+    classes = task.dataset.class_names
+    if saved and saved["classes"] != classes:
+        raise SystemExit(f"{args.data} has classes {classes}, the run in {out} was trained on {saved['classes']}")
+
+    model = task.model.to(accelerator.device)
+    ema = EMA(model, args.ema)
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=task.betas)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = TrainState(ema, task)
+    accelerator.register_for_checkpointing(state)
+    if resume:
+        accelerator.load_state(str(resume))
+    elif accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        (out / "run.json").write_text(json.dumps({"stage": args.stage, "model": task.config(), "classes": classes,
+                                                  "options": options}, indent=2) + "\n")
+    seconds_before = state.seconds
+
+    def save():
+        tmp = out / "state.tmp"
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            replace_dir(tmp, out / "state")
+            task.export(ema.copy_of(accelerator.unwrap_model(model)).cpu().eval(), out / "export",
+                        training_card(args, state, last, accelerator, task.dataset))
+        accelerator.wait_for_everyone()
+
+    log = MetricsLog(out / "metrics.csv")
+    world, per_epoch = accelerator.num_processes, max(1, len(task.dataset) // accelerator.num_processes
+                                                      // args.batch_size)
+    history, last, sums, gauges = [], {}, {}, {}
+    window_t, window_images, stopped = time.perf_counter(), 0, "steps"
+    bar = tqdm(total=args.steps, initial=state.step, desc=args.stage, unit="step",
+               disable=not accelerator.is_main_process, dynamic_ncols=True)
+    batches = task.batches(state.batches, accelerator.process_index, world)
+    model.train()
+    while state.step < args.steps:
+        batch = next(batches)
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + state.batches)
+        with accelerator.accumulate(model):
+            loss, metrics = task.loss(model, batch, g)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(state.step, args)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        state.batches += 1
+        n_images = batch[1].shape[0] * world
+        state.images += n_images
+        window_images += n_images
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v.float()
+        sums["_n"] = sums.get("_n", 0) + 1
+        if not accelerator.sync_gradients:
+            continue
+        state.step += 1
+        bar.update(1)
+        ema.update(accelerator.unwrap_model(model), state.step)
+        gauges = task.after_step(accelerator, model, optimizer, state, g)
+        now = time.perf_counter()
+        state.seconds = seconds_before + now - t_start
+        if state.step % args.log_every == 0 or state.step == args.steps:
+            n = sums.pop("_n")
+            means = {k: (accelerator.reduce(v.detach().reshape(1), "mean") / n).item() for k, v in sums.items()}
+            last = {"step": state.step, "epoch": round(state.batches / per_epoch, 3), "images": state.images,
+                    "seconds": round(state.seconds, 2), "lr": lr_at(state.step - 1, args), **means, **gauges,
+                    "img_per_s": window_images / (now - window_t)}
+            log.write(last)
+            history.append(last)
+            bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{last['img_per_s']:.1f}")
+            sums, window_t, window_images = {}, now, 0
+        over = args.max_minutes is not None and now - t_start > args.max_minutes * 60
+        if broadcast(torch.tensor([float(over)], device=accelerator.device)).item() and state.step < args.steps:
+            stopped = "time"
+            break
+        if state.step % args.save_every == 0 and state.step < args.steps:
+            save()
+    bar.close()
+    save()
+    return {"stage": args.stage, "step": state.step, "stopped": stopped, "seconds": state.seconds,
+            "metrics": last, "history": history, "out": out, "export": out / "export"}
+
+
+# -- command line ---------------------------------------------------------------------------------------------
+def parse_scales(text: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in text.split(",") if s.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("data, run and optimisation")
+    g.add_argument("--data", type=Path, required=True, help="image folder: one sub-folder of images per class")
+    g.add_argument("--out", type=Path, required=True, help="run folder; rerunning with the same one resumes")
+    g.add_argument("--steps", type=int, default=10_000, help="optimizer steps in all, resumed runs included")
+    g.add_argument("--max-minutes", type=float, default=None,
+                   help="stop cleanly (save and export) after this many minutes of this invocation")
+    g.add_argument("--batch-size", type=int, default=32, help="images per process per micro-batch")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (default: per stage)")
+    g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: per stage)")
+    g.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
+    g.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights (0: the raw weights)")
+    g.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    g.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=False,
+                   help="train on the CPU even where a GPU is present")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    g.add_argument("--log-every", type=int, default=20, help="steps per metrics.csv row")
+    g.add_argument("--save-every", type=int, default=500, help="steps between saves of state/ and export/")
+
+    p = argparse.ArgumentParser(prog="python -m edifice.train", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="stage", required=True)
+    t = sub.add_parser("tokenizer", parents=[common], help="VQ-VAE: multi-scale (VAR) or single-scale (MAR)")
+    t.add_argument("--image-size", type=int, default=64)
+    t.add_argument("--scales", type=parse_scales, default=(1, 2, 3, 4, 5, 6, 8),
+                   help="token map sizes, e.g. 1,2,3,4,5,6,8 (VAR) or 8 (MAR); image-size / last = power of 2")
+    t.add_argument("--codebook-size", type=int, default=512)
+    t.add_argument("--embed-dim", type=int, default=32, help="latent (code) channels")
+    t.add_argument("--ch", type=int, default=32, help="base conv width (multiple of 32)")
+    t.add_argument("--num-res-blocks", type=int, default=1)
+    t.add_argument("--attn", action=argparse.BooleanOptionalAction, default=True,
+                   help="self-attention in the encoder/decoder")
+    t.add_argument("--recon-loss", choices=("l1", "mse"), default="l1")
+    t.add_argument("--beta", type=float, default=0.25, help="commitment weight")
+    t.add_argument("--dead-after", type=int, default=200, help="re-initialise codes unused this many steps (0: off)")
+    t.add_argument("--scale-aug", type=float, default=0.0, help="share of batches on a random scale sub-list")
+
+    for stage, (depth, width, heads, dropout) in {"var": (8, 256, 8, 0.0), "mar": (6, 256, 8, 0.1)}.items():
+        s = sub.add_parser(stage, parents=[common], help=f"{stage.upper()} transformer on a trained tokenizer")
+        s.add_argument("--tokenizer", type=Path, required=True, help="run folder (or export/) of a tokenizer stage")
+        s.add_argument("--depth", type=int, default=depth)
+        s.add_argument("--width", type=int, default=width)
+        s.add_argument("--heads", type=int, default=heads)
+        s.add_argument("--mlp-ratio", type=float, default=4.0)
+        s.add_argument("--dropout", type=float, default=dropout)
+        s.add_argument("--cond-drop", type=float, default=0.1, help="class dropout rate (for CFG)")
+        s.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=True,
+                       help="encode the dataset once up front (off for folders too big for memory)")
+        if stage == "var":
+            s.add_argument("--scale-aug", type=float, default=0.5, help="share of batches on a random scale sub-list")
+        else:
+            s.add_argument("--mask-schedule", choices=mar_mod.RATIO_SCHEDULES, default="maskgit",
+                           help="mask-ratio distribution (see edifice.generative.mar.sample_mask_ratio)")
+    return p
+
+
+def run(stage: str, **options) -> dict:
+    """Train a stage from Python: ``run("tokenizer", data="data/emoji/train", out="runs/tok", steps=1000)``.
+
+    Options are the command-line ones with underscores. Returns ``{"stage", "step", "stopped" ("steps" or
+    "time"), "seconds", "metrics" (last logged row), "history" (all rows of this call), "out", "export"}``.
+    """
+    argv = [stage]
+    for k, v in options.items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            argv.append(flag if v else "--no-" + k.replace("_", "-"))
+        elif isinstance(v, (list, tuple)):
+            argv += [flag, ",".join(map(str, v))]
+        elif v is not None:
+            argv += [flag, str(v)]
+    return main(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.command = "python -m edifice.train " + shlex.join(argv)
+    return train(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""The emoji dataset builder on two small fake npm tarballs laid out like emoji-datasource-{twitter,google}
+(package/emoji.json + package/img/<set>/64/*.png with alpha), and the ImageFolder reader."""
+
+import io
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edifice import data
+
+# (unified code, category); six categories kept, Component dropped
+EMOJI = [("1F600", "Smileys & Emotion"), ("1F602", "Smileys & Emotion"), ("1F436", "Animals & Nature"),
+         ("1F431", "Animals & Nature"), ("1F1EB-1F1F7", "Flags"), ("1F1EF-1F1F5", "Flags"), ("1F34E", "Food & Drink"),
+         ("1F697", "Travel & Places"), ("26BD", "Activities"), ("1F44B", "People & Body"),
+         ("1F3FB", "Component"), ("1F3FC", "Component")]
+SKIN = {"1F44B": ["1F44B-1F3FB", "1F44B-1F3FF"]}  # a waving hand with two skin-tone variants
+STYLE_RGB = {"twitter": (200, 30, 30), "google": (30, 30, 200)}
+
+
+def png(style: str, palette: bool = False) -> bytes:
+    """64x64 transparent image: an opaque square of the style's colour and a half-transparent black stripe."""
+    a = np.zeros((64, 64, 4), np.uint8)
+    a[16:48, 16:48] = (*STYLE_RGB[style], 255)
+    a[0:8, :] = (0, 0, 0, 128)
+    im = Image.fromarray(a, "RGBA")
+    if palette:  # mode P with transparency, as some real files are
+        im = im.convert("RGB").quantize(4)
+        im.info["transparency"] = im.getpixel((63, 63))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def fake_package(path: Path, style: str) -> Path:
+    entries = []
+    for code, cat in EMOJI:
+        e = {"unified": code, "image": code.lower() + ".png", "category": cat, f"has_img_{style}": True}
+        if code in SKIN:
+            e["skin_variations"] = {v.split("-")[1]: {"unified": v, "image": v.lower() + ".png",
+                                                      f"has_img_{style}": True} for v in SKIN[code]}
+        entries.append(e)
+    files = {"package/emoji.json": json.dumps(entries).encode(), "package/package.json": b"{}"}
+    for e in entries:
+        for name in [e["image"]] + [v["image"] for v in e.get("skin_variations", {}).values()]:
+            files[f"package/img/{style}/64/{name}"] = png(style, palette=name.startswith("1f600"))
+    files[f"package/img/{style}/32/1f600.png"] = png(style)  # other sizes are ignored
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tarballs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("npm")
+    return {s: fake_package(root / f"emoji-datasource-{s}-16.0.0.tgz", s) for s in data.EMOJI_STYLES}
+
+
+@pytest.fixture(scope="module")
+def built(tarballs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds") / "emoji"
+    return out, data.build_emoji(out, tarballs, heldout_fraction=0.4)
+
+
+def files(out: Path) -> dict[str, list[Path]]:
+    return {split: sorted((out / split).glob("*/*.png")) for split in ("train", "heldout")}
+
+
+def test_split_is_by_emoji_and_both_sides_are_used(built):
+    out, manifest = built
+    side = {}
+    for split, paths in files(out).items():
+        assert paths, f"{split} is empty"
+        for p in paths:
+            style, code = p.stem.split("_", 1)
+            base = code.split("-1f3f")[0]  # skin-tone variants belong to their base emoji
+            side.setdefault(base, set()).add(split)
+    assert all(len(s) == 1 for s in side.values()), side
+    for code, _ in EMOJI:  # deterministic: the side is the hash rule's
+        if not code.startswith("1F3F"):
+            assert side[code.lower()] == {"heldout" if data.is_heldout(code, 0.4) else "train"}
+    assert manifest["counts"]["train"]["emoji"] + manifest["counts"]["heldout"]["emoji"] == 10
+
+
+def test_both_styles_component_dropped_skin_tones_left_out(built):
+    out, manifest = built
+    all_files = [p for paths in files(out).values() for p in paths]
+    assert len(all_files) == 2 * 10
+    assert Counter(p.stem.split("_")[0] for p in all_files) == {"twitter": 10, "google": 10}
+    assert not any("1f3fb" in p.name or "1f3fc" in p.name for p in all_files)
+    folders = {p.parent.name for p in all_files}
+    assert "component" not in folders
+    assert folders == {"smileys-emotion", "animals-nature", "flags", "food-drink", "travel-places", "activities",
+                       "people-body"}
+    assert [c["name"] for c in manifest["classes"]] == ["Activities", "Animals & Nature", "Flags", "Food & Drink",
+                                                         "People & Body", "Smileys & Emotion", "Travel & Places"]
+
+
+def test_images_composited_on_white(built):
+    out, _ = built
+    for p in [p for paths in files(out).values() for p in paths]:
+        im = Image.open(p)
+        assert im.mode == "RGB" and im.size == (64, 64)
+        a = np.asarray(im).astype(int)
+        assert (a[60, 60] == 255).all(), "transparent background must become white"
+        assert (np.abs(a[32, 32] - STYLE_RGB[p.stem.split("_")[0]]) <= 2).all()
+        if not p.stem.endswith("1f600"):  # the palette file has no partial alpha
+            assert (np.abs(a[4, 32] - 127) <= 2).all(), "50% black on white is mid-grey"
+
+
+def test_manifest_counts_match_the_files(built):
+    out, manifest = built
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    for split, paths in files(out).items():
+        c = manifest["counts"][split]
+        assert c["images"] == len(paths)
+        assert c["by_style"] == {s: sum(p.stem.startswith(s + "_") for p in paths) for s in data.EMOJI_STYLES}
+        on_disk = Counter((p.parent.name, p.stem.split("_")[0]) for p in paths)
+        assert {(k, s): n for k, v in c["by_class"].items() for s, n in v.items() if n} == dict(on_disk)
+    assert manifest["attribution"]["twitter"]["license"] == "CC-BY-4.0"
+    assert manifest["attribution"]["google"]["license"] == "Apache-2.0"
+    assert not (out.parent / "emoji.partial").exists()
+
+
+def test_skin_tones_option_keeps_variants_with_their_emoji(tarballs, tmp_path):
+    m = data.build_emoji(tmp_path / "e", tarballs, heldout_fraction=0.4, skin_tones=True)
+    paths = [p for ps in files(tmp_path / "e").values() for p in ps]
+    hands = [p for p in paths if p.stem.split("_")[1].startswith("1f44b")]
+    assert len(hands) == 6 and len({p.parent.parent.name for p in hands}) == 1
+    assert m["counts"]["train"]["images"] + m["counts"]["heldout"]["images"] == 24
+
+
+def test_cli_with_tarballs_rebuilds_and_refuses_foreign_folders(tarballs, tmp_path, capsys):
+    out = tmp_path / "emoji"
+    argv = ["emoji", "--out", str(out), "--tarball-twitter", str(tarballs["twitter"]),
+            "--tarball-google", str(tarballs["google"]), "--heldout", "0.4"]
+    data.main(argv)
+    data.main(argv)  # a previous build is replaced
+    assert "train:" in capsys.readouterr().out
+    assert (out / "manifest.json").is_file()
+    foreign = tmp_path / "mine"
+    (foreign / "x").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="not an emoji dataset"):
+        data.main(["emoji", "--out", str(foreign), "--tarball-twitter", str(tarballs["twitter"]),
+                   "--tarball-google", str(tarballs["google"])])
+    assert (foreign / "x").is_dir()
+
+
+def test_image_folder_reads_the_tree(built, tmp_path):
+    out, manifest = built
+    ds = data.ImageFolder(out / "train", 32)
+    assert ds.class_names == [c["name"] for c in manifest["classes"] if c["folder"] in ds.folders]
+    img, label = ds[0]
+    assert img.shape == (3, 32, 32) and img.dtype == torch.float32
+    assert -1 <= img.min() and img.max() <= 1 and img[:, 31, 31].eq(1).all()
+    assert ds.folders[label] == ds.samples[0][0].parent.name
+    # non-square images: shorter side resized, centre cropped
+    (tmp_path / "c").mkdir()
+    Image.new("RGB", (40, 20), (0, 255, 0)).save(tmp_path / "c" / "wide.jpg")
+    ds = data.ImageFolder(tmp_path, 16)
+    assert ds.class_names == ["c"] and ds[0][0].shape == (3, 16, 16)

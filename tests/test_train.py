@@ -1,0 +1,153 @@
+"""The trainer on a tiny generated ImageFolder (3 classes of coloured squares, 8x8): every stage's loss goes
+down, exports load and sample, a resumed run continues the step count and matches an uninterrupted one,
+``--max-minutes`` stops cleanly, metrics.csv is written; plus the data-order and scale-list helpers."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import edifice
+from edifice import train
+from edifice.generative.var import check_scales
+
+TINY_TOKENIZER = dict(image_size=8, codebook_size=32, embed_dim=8, ch=32, num_res_blocks=1, attn=False)
+TINY_TRANSFORMER = dict(depth=2, width=64, heads=4)
+FAST = dict(batch_size=8, warmup=5, log_every=1, save_every=1000)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: with two threads on a busy 2-core machine the threads mostly wait for each other
+    (the module ran 3-10x slower), so this module runs single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """3 classes x 8 images: a square of the class colour at a random place on transparency."""
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for c, rgb in enumerate([(220, 40, 40), (40, 180, 60), (40, 60, 220)]):
+        (root / f"class{c}").mkdir()
+        for i in range(8):
+            a = np.zeros((8, 8, 4), np.uint8)
+            x, y = rng.integers(0, 5, 2)
+            a[y:y + 4, x:x + 4] = (*rgb, 255)
+            Image.fromarray(a, "RGBA").save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def losses(result) -> list[float]:
+    return [row["loss"] for row in result["history"]]
+
+
+def assert_goes_down(ls: list[float], factor: float):
+    assert all(math.isfinite(v) for v in ls)
+    first, last = np.mean(ls[:5]), np.mean(ls[-5:])
+    assert last < factor * first, f"loss {first:.4f} -> {last:.4f}"
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok") / "run"
+    return train.run("tokenizer", data=images, out=out, steps=40, scales=(1, 2, 4), lr=2e-3, dead_after=10,
+                     **TINY_TOKENIZER, **FAST)
+
+
+def test_tokenizer_loss_goes_down_and_exports(tokenizer_run):
+    r = tokenizer_run
+    assert r["step"] == 40 and r["stopped"] == "steps"
+    assert_goes_down(losses(r), 0.6)
+    last = r["metrics"]
+    assert last["psnr"] > r["history"][0]["psnr"] + 3
+    assert last["codes_reset"] > 0 and 0 < last["codes_used"] <= 1  # dead codes were re-initialised
+    with open(r["out"] / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["step"]) for row in rows] == list(range(1, 41))
+    assert {"loss", "recon", "vq", "psnr", "img_per_s", "lr"} <= set(rows[0])
+    vae = train.load_tokenizer(r["out"])
+    assert vae.cfg.patch_nums == (1, 2, 4)
+    idx = vae.img_to_idx(torch.zeros(2, 3, 8, 8))
+    assert [t.shape for t in idx] == [(2, 1), (2, 4), (2, 16)]
+    assert "## Training" in (r["export"] / "README.md").read_text()
+
+
+def test_var_stage_learns_with_scale_augmentation_and_exports(images, tokenizer_run, tmp_path):
+    r = train.run("var", data=images, out=tmp_path / "var", tokenizer=tokenizer_run["out"], steps=30, lr=2e-3,
+                  scale_aug=0.5, **TINY_TRANSFORMER, **FAST)
+    assert_goes_down(losses(r), 0.9)
+    pipe = edifice.load(r["export"], device="cpu")
+    assert pipe.kind == "var" and pipe.class_names == ["class0", "class1", "class2"]
+    img = pipe.generate(labels=[0, 2], seed=0, scales=[1, 4])
+    assert img.shape == (2, 3, 8, 8) and torch.isfinite(img).all()
+
+
+def test_mar_stage_learns_and_exports(images, tokenizer_run, tmp_path):
+    tok = train.run("tokenizer", data=images, out=tmp_path / "tok1", steps=3, scales=(4,), **TINY_TOKENIZER,
+                    **FAST)
+    with pytest.raises(SystemExit, match="single-scale"):
+        train.run("mar", data=images, out=tmp_path / "bad", tokenizer=tokenizer_run["out"], steps=1)
+    r = train.run("mar", data=images, out=tmp_path / "mar", tokenizer=tok["out"], steps=30, lr=2e-3,
+                  **TINY_TRANSFORMER, **FAST)
+    assert_goes_down(losses(r), 0.9)
+    pipe = edifice.load(r["export"], device="cpu")
+    assert pipe.kind == "mar" and pipe.seq_len == 16
+    img = pipe.generate(labels=[1], seed=0, num_steps=4)
+    assert img.shape == (1, 3, 8, 8) and torch.isfinite(img).all()
+
+
+def test_max_minutes_stops_and_resume_matches_an_uninterrupted_run(images, tmp_path):
+    opts = dict(data=images, steps=6, scales=(1, 2, 4), lr=2e-3, dead_after=2, **TINY_TOKENIZER, **FAST)
+    stopped = train.run("tokenizer", out=tmp_path / "a", max_minutes=0, **opts)
+    assert stopped["stopped"] == "time" and stopped["step"] == 1
+    assert (tmp_path / "a" / "state").is_dir() and (tmp_path / "a" / "export" / "model.safetensors").is_file()
+    resumed = train.run("tokenizer", out=tmp_path / "a", **opts)
+    assert resumed["step"] == 6 and [row["step"] for row in resumed["history"]] == [2, 3, 4, 5, 6]
+    straight = train.run("tokenizer", out=tmp_path / "b", **opts)
+    assert losses(stopped) + losses(resumed) == pytest.approx(losses(straight), rel=1e-5)
+    with open(tmp_path / "a" / "metrics.csv") as f:
+        assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(SystemExit, match="tokenizer run"):
+        train.run("var", data=images, out=tmp_path / "a", tokenizer=tmp_path / "a", steps=1)
+
+
+def test_random_scale_sub_lists_are_valid_and_varied():
+    pns = (1, 2, 3, 4, 5, 6, 8)
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(200):
+        ids = train.random_scale_ids(pns, g)
+        sizes = [pns[i] for i in ids]
+        assert check_scales(sizes, pns) == ids and ids[0] == 0 and ids[-1] == len(pns) - 1
+        seen.add(tuple(ids))
+    assert len(seen) > 20
+    assert train.pick_scale_ids(pns, 0.0, g) is None
+    assert train.random_scale_ids((4,), g) == [0]
+
+
+def test_index_batches_shard_seed_and_resume():
+    a = train.index_batches(20, 3, seed=1)
+    first = [next(a) for _ in range(14)]  # 6 batches per epoch: covers 2+ epochs
+    assert len({int(i) for b in first[:6] for i in b}) == 18  # one epoch: no repeats
+    assert not torch.equal(torch.cat(first[:6]), torch.cat(first[6:12]))  # reshuffled per epoch
+    resumed = train.index_batches(20, 3, seed=1, start=8)
+    assert all(torch.equal(next(resumed), b) for b in first[8:])
+    r0, r1 = (list(zip(range(3), train.index_batches(20, 3, 1, rank=r, world=2), strict=False)) for r in (0, 1))
+    assert not {int(i) for _, b in r0 for i in b} & {int(i) for _, b in r1 for i in b}
+    with pytest.raises(SystemExit, match="fewer than one batch"):
+        next(train.index_batches(5, 8, 0))
+
+
+def test_lr_schedule_warms_up_then_decays_to_a_tenth():
+    args = type("A", (), dict(lr=1.0, warmup=10, steps=110))()
+    assert train.lr_at(0, args) == pytest.approx(0.1)
+    assert train.lr_at(9, args) == pytest.approx(1.0)
+    assert train.lr_at(60, args) == pytest.approx(0.55)
+    assert train.lr_at(110, args) == pytest.approx(0.1) and train.lr_at(500, args) == pytest.approx(0.1)
