@@ -1,17 +1,21 @@
-"""Command line: ``python -m edifice convert ...`` and ``python -m edifice download ...``.
+"""Command line: ``python -m edifice convert|download|resave ...``.
 
     python -m edifice convert --var-vae vae_ch160v4096z32.pth --var var_d16.pth --out var-d16
     python -m edifice download var-d16             # a preset or an org/name Hub repo; --revision, --force
+    python -m edifice resave runs/emoji-var/export --out checkpoints/emoji-var --dtype fp16 --set cfg=2.0
 
 ``convert`` turns the authors' pickles into an edifice checkpoint folder (``edifice.load(folder)``); files
 named as in an official preset get that preset's class names and recommended sampling. ``download``
-pre-fetches into the Hub cache, for offline use and Spaces' ``preload_from_hub``. Errors print one line
-and exit with status 1.
+pre-fetches into the Hub cache, for offline use and Spaces' ``preload_from_hub``. ``resave`` writes a
+checkpoint again with its weights stored in another dtype (fp16 halves the size; loading on a CPU still
+computes in float32) and/or new recommended sampling settings (``--set key=value``, values read as JSON);
+the model card's text after its header is kept. Errors print one line and exit with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -50,7 +54,37 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--revision", help="branch, tag or commit (default: the preset's, or main)")
     download.add_argument("--force", action="store_true", help="download again even if cached")
     download.set_defaults(run=run_download)
+    resave = sub.add_parser("resave", help="write a checkpoint again: storage dtype, recommended sampling")
+    resave.add_argument("spec", help="a checkpoint folder, preset or Hub repo")
+    resave.add_argument("--out", type=Path, required=True, help="folder to write")
+    resave.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="storage dtype")
+    resave.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recommended sampling settings")
+    resave.set_defaults(run=run_resave)
     return parser
+
+
+def run_resave(args: argparse.Namespace) -> None:
+    pipe = loading.load(args.spec, device="cpu", dtype="fp32")
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise EdificeError(f"resave: --set takes key=value, got {item!r}")
+        try:
+            pipe.defaults[key] = json.loads(value)
+        except json.JSONDecodeError:
+            pipe.defaults[key] = value
+    dtype = loading.DTYPES[args.dtype]
+    loading.place(pipe, "cpu", dtype)
+    pipe.tokenizer.to(dtype)
+    source_card = Path(args.spec) / "README.md"
+    kept = source_card.read_text().split("\n## ", 1)[1] if source_card.is_file() and "\n## " in \
+        source_card.read_text() else None
+    pipe.save_pretrained(args.out)
+    if kept:
+        with open(args.out / "README.md", "a") as f:
+            f.write("\n## " + kept)
+    size = sum(f.stat().st_size for f in args.out.iterdir())
+    print(f"wrote {args.out} ({size / 1e6:.1f} MB, {args.dtype}); defaults {pipe.defaults}")
 
 
 def run_convert(args: argparse.Namespace) -> None:
