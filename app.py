@@ -157,7 +157,7 @@ def explain_scales(spec, scales):
     """Inline check of the scale toggles (shown under them, before Generate is pressed)."""
     try:
         pipe = MODELS.get(check_spec(spec))
-    except Exception:  # the model box reports its own errors
+    except (EdificeError, gr.Error):  # a model that cannot load: the model box already shows why
         return ""
     if pipe.kind != "var":
         return ""
