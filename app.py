@@ -150,6 +150,8 @@ def on_model_change(spec, progress=gr.Progress()):
         gr.update(value=d.get("top_k", 0)),
         gr.update(value=d.get("top_p", 0.0)),
         gr.update(value=d.get("more_smooth", False)),
+        gr.update(value=d.get("schedule", "cosine")),
+        gr.update(value=d.get("randomness", 0.0)),
     )
 
 
@@ -307,7 +309,8 @@ def build_demo() -> gr.Blocks:
                     webp = gr.File(label="Animation (WebP)")
                     png = gr.File(label="Final image (PNG)")
 
-        controls = [info, class_name, var_box, mar_box, scales, steps, temperature, cfg, top_k, top_p, more_smooth]
+        controls = [info, class_name, var_box, mar_box, scales, steps, temperature, cfg, top_k, top_p, more_smooth,
+                    schedule, randomness]
         model.change(on_model_change, model, controls, api_name="select_model", show_progress_on=info)
         demo.load(on_model_change, model, controls, api_visibility="private", show_progress_on=info)
         scales.change(explain_scales, [model, scales], scale_msg, api_visibility="private", show_progress="hidden")

@@ -1,0 +1,49 @@
+"""The trained checkpoints shipped in checkpoints/: they load offline by preset name, meet the size and shape
+promises of the README, and sample real images on the full and on shorter scale lists."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import edifice
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+EMOJI_CLASSES = ["Activities", "Animals & Nature", "Flags", "Food & Drink", "Objects", "People & Body",
+                 "Smileys & Emotion", "Symbols", "Travel & Places"]
+
+
+def test_all_bundled_checkpoints_fit_in_30_mb():
+    size = sum(f.stat().st_size for f in CHECKPOINTS.rglob("*") if f.is_file())
+    assert 0 < size <= 30e6, f"checkpoints/ holds {size / 1e6:.1f} MB"
+
+
+@pytest.fixture(scope="module")
+def emoji_var():
+    return edifice.load("emoji-var", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def emoji_mar():
+    return edifice.load("emoji-mar", device="cpu")
+
+
+def test_emoji_var(emoji_var):
+    p = emoji_var
+    assert p.kind == "var" and p.image_size == 64 and len(p.scales) >= 6 and p.class_names == EMOJI_CLASSES
+    assert (CHECKPOINTS / "emoji-var" / "samples.png").is_file()
+    steps = list(p.stream(labels=[2, 6], seed=0))
+    assert len(steps) == len(p.scales) and steps[-1].image.shape == (2, 3, 64, 64)
+    short = list(p.stream(labels=[2], seed=0, scales=[1, 2, 4, p.scales[-1]]))
+    assert len(short) == 4 and torch.isfinite(short[-1].image).all()
+    img = steps[-1].image
+    assert img.std() > 0.1  # an image with structure, not a flat colour
+
+
+def test_emoji_mar(emoji_mar):
+    p = emoji_mar
+    assert p.kind == "mar" and p.image_size == 64 and p.seq_len >= 64 and p.class_names == EMOJI_CLASSES
+    assert (CHECKPOINTS / "emoji-mar" / "samples.png").is_file()
+    steps = list(p.stream(labels=[6], num_steps=16, seed=0))
+    assert len(steps) == 16 and not steps[-1].mask.any() and steps[-1].image.shape == (1, 3, 64, 64)
+    assert steps[-1].image.std() > 0.1
