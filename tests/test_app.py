@@ -172,8 +172,10 @@ def test_browser_streams_frames_and_stops(app_url):
         page.screenshot(path=str(RESULTS / "app.png"), full_page=True)
 
         page.get_by_role("button", name="Generate").click()
-        page.wait_for_function("() => document.querySelector('#status textarea').value.startsWith('step 3/')",
-                               timeout=30_000)
+        page.wait_for_function("""() => {  // the second run is under way: step 2 or later, not done
+            const v = document.querySelector('#status textarea').value, m = v.match(/^step (\\d+)\\/64 /);
+            return m && +m[1] >= 2 && !v.includes('done');
+        }""", timeout=30_000, polling=10)
         page.get_by_role("button", name="Stop").click()
         page.wait_for_timeout(1500)
         stopped_at = int(status.input_value().split("/")[0].removeprefix("step "))
