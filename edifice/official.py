@@ -35,8 +35,10 @@ def load_torch_file(path: str | Path, allow: tuple = ()) -> dict:
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights only" in str(e).lower() or "weights_only" in str(e):
-            raise CheckpointError(f"{path}: refused to unpickle: the file holds more than tensors ({first}); "
-                                  "only plain state dicts are loaded, for safety") from None
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+            what = f"it needs {found.group(1)}" if found else "it holds more than tensors"
+            raise CheckpointError(f"{path}: refused to unpickle: {what}; only plain state dicts of tensors are "
+                                  "loaded, for safety (torch.load weights_only=True)") from None
         raise CheckpointError(f"{path}: could not be read ({first}); the file is truncated or corrupt, "
                               "download it again") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
