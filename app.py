@@ -182,7 +182,7 @@ def status_line(pipe, step) -> str:
 def generate(model: str = "", class_name: str = "random", scales: list | None = None, steps: int = 16,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0, cfg: float = 1.5,
              more_smooth: bool = False, schedule: str = "cosine", randomness: float = 0.0, seed: int = 0,
-             randomize_seed: bool = False, num_images: int = 1, progress=gr.Progress()):
+             randomize_seed: bool = False, num_images: int = 1, preview: str = "full", progress=gr.Progress()):
     """Stream one generation: yields (live image, token view, status, filmstrip, timings, GIF, WebP, PNG)."""
     pipe = load(model or default_model())
     labels = parse_class(class_name, pipe)
@@ -191,7 +191,7 @@ def generate(model: str = "", class_name: str = "random", scales: list | None = 
     kw = dict(labels=labels, batch_size=n, cfg=float(cfg), temperature=float(temperature), seed=seed)
     if pipe.kind == "var":
         kw.update(scales=sorted(int(s) for s in scales) if scales else None, top_k=int(top_k), top_p=float(top_p),
-                  more_smooth=bool(more_smooth))
+                  more_smooth=bool(more_smooth), preview=preview)
         colors = render.codebook_colors(pipe.tokenizer.quantize.embedding.weight)
     else:
         kw.update(num_steps=int(steps), schedule=schedule, randomness=float(randomness))
@@ -278,6 +278,9 @@ def build_demo() -> gr.Blocks:
                         top_k = gr.Number(0, label="Top-k", precision=0, minimum=0, info="0 = off")
                         top_p = gr.Slider(0.0, 1.0, 0.0, step=0.01, label="Top-p", info="0 = off")
                     more_smooth = gr.Checkbox(False, label="More smooth (Gumbel soft codes)")
+                    preview = gr.Radio(["full", "fast"], value="full", label="Preview",
+                                       info="full: decode the whole latent after every scale (exact); fast: "
+                                            "decode each scale at its own size (cheaper, blocky)")
                 with gr.Group(visible=False) as mar_box:
                     steps = gr.Slider(1, 256, 16, step=1, label="Steps (MAR)")
                     schedule = gr.Radio(["cosine", "linear"], value="cosine", label="Schedule")
@@ -315,7 +318,7 @@ def build_demo() -> gr.Blocks:
         demo.load(on_model_change, model, controls, api_visibility="private", show_progress_on=info)
         scales.change(explain_scales, [model, scales], scale_msg, api_visibility="private", show_progress="hidden")
         run = go.click(generate, [model, class_name, scales, steps, temperature, top_k, top_p, cfg, more_smooth,
-                                  schedule, randomness, seed, randomize, num_images],
+                                  schedule, randomness, seed, randomize, num_images, preview],
                        [live, tokens, status, strip, timings, gif, webp, png], api_name="generate",
                        concurrency_id="gpu", concurrency_limit=1, show_progress_on=status)
         stop.click(None, None, None, cancels=[run], api_visibility="private")

@@ -23,7 +23,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 # /generate's parameters in order (every one has a default; tests name the ones they change)
 PARAMS = ["model", "class_name", "scales", "steps", "temperature", "top_k", "top_p", "cfg", "more_smooth",
-          "schedule", "randomness", "seed", "randomize_seed", "num_images"]
+          "schedule", "randomness", "seed", "randomize_seed", "num_images", "preview"]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_api_parameters_all_have_defaults(client):
 
 
 def test_var_streams_one_update_per_chosen_scale(client):
-    outs = run(client, model="tiny-var", class_name="1 · square", scales=[1, 2, 4], seed=3)
+    outs = run(client, model="tiny-var", class_name="1 · square", scales=[1, 2, 4], seed=3, preview="fast")
     assert [o[2].split(" · ")[0] for o in outs] == ["scale 1/3", "scale 2/3", "scale 3/3"]
     assert outs[-1][2].startswith("scale 3/3 · 4×4") and "seed 3" in outs[-1][2]
     assert all(o[7] is None for o in outs[:-1])  # downloads come with the last update only

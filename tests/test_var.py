@@ -312,3 +312,17 @@ def test_recommended_defaults_build_the_official_d16():
     assert sum(p.numel() for p in model.parameters()) == 310_283_520
     assert sum(p.numel() for p in tok.parameters()) == 108_948_355
     assert set(d["sampling"]) == {"cfg", "top_k", "top_p", "more_smooth"}
+
+
+def test_fast_preview_decodes_each_scale_at_its_own_size(pipe):
+    fast = list(pipe.stream(labels=[3, 7], top_k=1, seed=0, preview="fast"))
+    full = list(pipe.stream(labels=[3, 7], top_k=1, seed=0, preview="full"))
+    assert all(s.image.shape == (2, 3, 64, 64) for s in fast)
+    assert torch.equal(fast[-1].image, full[-1].image)  # the last scale is exact
+    for pn, s in zip([1, 2, 3], fast[:3], strict=True):  # a pn x pn latent decodes to 16pn px, shown in blocks
+        block = 64 // (16 * pn)
+        img = s.image[..., : 16 * pn * block, : 16 * pn * block]
+        assert torch.equal(img, img[..., ::block, ::block].repeat_interleave(block, -1).repeat_interleave(block, -2))
+    assert not torch.equal(fast[1].image, full[1].image)
+    with pytest.raises(ValueError, match="preview must be"):
+        next(pipe.stream(labels=[1], preview="quick"))

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..pipeline import Pipeline
@@ -319,7 +320,7 @@ def new_seed() -> int:
 @torch.inference_mode()
 def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: float = 1.5, top_k: int = 0,
                top_p: float = 0.0, temperature: float = 1.0, more_smooth: bool = False, seed: int | None = None,
-               scales: Sequence[int] | None = None, preview: bool = True) -> Iterator[VARStep]:
+               scales: Sequence[int] | None = None, preview: bool | str = True) -> Iterator[VARStep]:
     """Generate images scale by scale, yielding a :class:`VARStep` after every scale.
 
     Matches the official ``autoregressive_infer_cfg`` draw for draw: a generator seeded with ``seed`` on the
@@ -331,7 +332,13 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
     - ``temperature``: logits are divided by it before top-k/top-p (1.0 = official); 0 means greedy.
     - ``scales``: the scale-list control (see :func:`check_scales`); each chosen scale keeps its trained
       position embedding, level, phi conv and CFG weight.
+    - ``preview``: True / "full" decodes the full latent after every scale (exact, one full decoder pass per
+      scale); "fast" decodes the latent area-downsampled to the scale's own pn x pn and upscales the small
+      image (decoder cost grows with pn^2, so all scales together cost about sum(pn^2) / h^2 full passes;
+      the last scale is exact); False skips previews.
     """
+    if preview not in (True, False, None, "full", "fast"):
+        raise ValueError(f"preview must be True/'full', 'fast' or False, got {preview!r}")
     scale_ids = check_scales(scales, var.patch_nums)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
@@ -369,11 +376,21 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
         if j + 1 < len(scale_ids):
             nxt = scale_ids[j + 1]
             x_BLC = var.embed_next(quant.downsample(f_hat, var.patch_nums[nxt]), nxt).repeat(2, 1, 1)
-        image = vae.fhat_to_img(f_hat).add(1).mul(0.5) if preview else None
+        image = preview_image(vae, f_hat, pn, preview)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         yield VARStep(step=j, num_steps=len(scale_ids), scale=si, patch_size=pn, tokens=idx_Bl, logits=guided_BlV,
                       f_hat=f_hat.clone(), image=image, seconds=time.perf_counter() - t0, labels=label_B, seed=seed)
+
+
+def preview_image(vae: VQVAE, f_hat: torch.Tensor, pn: int, mode: bool | str | None) -> torch.Tensor | None:
+    """The preview of one scale in [0, 1] at full size (see ``preview`` in :func:`stream_var`)."""
+    if not mode:
+        return None
+    if mode != "fast" or pn == f_hat.shape[-1]:
+        return vae.fhat_to_img(f_hat).add(1).mul(0.5)
+    small = vae.fhat_to_img(vae.quantize.downsample(f_hat, pn))
+    return F.interpolate(small, size=vae.cfg.image_size, mode="nearest").add(1).mul(0.5)
 
 
 class VARPipeline(Pipeline):
