@@ -1,0 +1,147 @@
+"""Sampling speed of the streamed decode: time to the first record, per step and per image, and the
+streaming overhead (streamed with a preview at every step / a plain ``generate``, which decodes the final image
+once), at batch 1 and 8, in each dtype, for VAR with full and fast previews; for VAR
+also the KV-cache path against a no-cache recompute of the same model (every scale re-runs the whole
+prefix with the block-causal mask).
+
+    python benchmarks/bench_sampling.py [--models emoji-var,emoji-mar] [--dtypes fp32,bf16] [--repeats 3]
+
+Prints the machine, torch version and dtype with every table and writes benchmarks/results/sampling.json.
+Each number is the median of ``--repeats`` runs after one warm-up run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import edifice  # noqa: E402
+from edifice.generative.var import VAR, resolve_labels  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_stream(pipe, **kw) -> tuple[float, float, list[float]]:
+    """(seconds to the first record, seconds in all, seconds per step) of one streamed generation."""
+    t0 = time.perf_counter()
+    first, per_step = None, []
+    for step in pipe.stream(**kw):
+        first = first if first is not None else time.perf_counter() - t0
+        per_step.append(step.seconds)
+    sync(pipe.device)
+    return first, time.perf_counter() - t0, per_step
+
+
+@torch.inference_mode()
+def var_recompute(var: VAR, vae, labels, cfg: float, seed: int) -> float:
+    """Greedy VAR sampling without a KV cache: scale k runs the whole prefix 0..k again (block-causal mask)."""
+    device = var.lvl_1L.device
+    rng = torch.Generator(device=device).manual_seed(seed)
+    label_B = resolve_labels(labels, 1, var.num_classes, rng, device)
+    B, K = label_B.shape[0], len(var.patch_nums)
+    labels_2B = torch.cat((label_B, torch.full_like(label_B, var.num_classes)))
+    t0 = time.perf_counter()
+    idx = []
+    for si, pn in enumerate(var.patch_nums):
+        ids = list(range(si + 1))
+        x = vae.quantize.idx_to_var_input([*idx, None], ids) if si else None
+        logits = var(labels_2B, x.repeat(2, 1, 1) if x is not None else None, ids)[:, -pn * pn:]
+        t = cfg * si / (K - 1)
+        idx.append(((1 + t) * logits[:B] - t * logits[B:]).argmax(-1))
+    vae.fhat_to_img(vae.quantize.idx_to_fhat(idx))
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def timed_generate(pipe, **kw) -> float:
+    """Seconds of a plain generation: no previews, the final image decoded once."""
+    t0 = time.perf_counter()
+    pipe.generate(**kw)
+    sync(pipe.device)
+    return time.perf_counter() - t0
+
+
+def bench(spec: str, dtype_name: str, repeats: int) -> list[dict]:
+    pipe = edifice.load(spec, dtype=dtype_name)
+    kw_model = dict(num_steps=16) if pipe.kind == "mar" else {}
+    modes = ("full", "fast") if pipe.kind == "var" else (True,)
+    rows = []
+    for batch in (1, 8):
+        kw = dict(labels=list(range(batch)), seed=0, **kw_model)
+        timed_generate(pipe, **kw)  # warm-up
+        plain = median(timed_generate(pipe, **kw) for _ in range(repeats))
+        for mode in modes:
+            timed_stream(pipe, preview=mode, **kw)  # warm-up
+            runs = [timed_stream(pipe, preview=mode, **kw) for _ in range(repeats)]
+            total, steps = median(r[1] for r in runs), len(runs[0][2])
+            rows.append({"model": spec, "kind": pipe.kind, "dtype": dtype_name, "batch": batch,
+                         "preview": "full" if mode is True else mode, "steps": steps,
+                         "first_record_s": median(r[0] for r in runs), "total_s": total, "plain_s": plain,
+                         "per_image_s": total / batch, "per_step_ms": 1e3 * total / steps,
+                         "streaming_overhead": total / plain})
+        row = rows[-len(modes)]
+        if pipe.kind == "var" and batch == 1:
+            cached = [timed_stream(pipe, preview=False, labels=[0], seed=0, top_k=1)[1] for _ in range(repeats)]
+            recompute = [var_recompute(pipe.var, pipe.vae, [0], pipe.defaults.get("cfg", 1.5), 0)
+                         for _ in range(repeats)]
+            row["kv_cache_s"], row["recompute_s"] = median(cached), median(recompute)
+            row["recompute_over_kv_cache"] = row["recompute_s"] / row["kv_cache_s"]
+    return rows
+
+
+def machine() -> str:
+    device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else \
+        f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"{device}; torch {torch.__version__}; python {platform.python_version()}"
+
+
+def print_table(rows: list[dict], header: str) -> None:
+    print(f"\n{header}")
+    print(f"{'model':<10} {'dtype':<5} {'B':>2} {'preview':<7} {'steps':>5} {'first (ms)':>10} {'stream (s)':>10} "
+          f"{'plain (s)':>9} {'/image (s)':>10} {'/step (ms)':>10} {'overhead':>8} {'kv cache / recompute (s)':>25}")
+    for r in rows:
+        kv = f"{r['kv_cache_s']:.3f} / {r['recompute_s']:.3f} ({r['recompute_over_kv_cache']:.2f}x)" \
+            if "kv_cache_s" in r else ""
+        print(f"{r['model']:<10} {r['dtype']:<5} {r['batch']:>2} {r['preview']:<7} {r['steps']:>5} "
+              f"{1e3 * r['first_record_s']:>10.1f} {r['total_s']:>10.3f} {r['plain_s']:>9.3f} "
+              f"{r['per_image_s']:>10.3f} {r['per_step_ms']:>10.1f} {r['streaming_overhead']:>7.2f}x {kv:>25}")
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="emoji-var,emoji-mar")
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "rows": []}
+    for dtype_name in args.dtypes.split(","):
+        rows = [r for spec in args.models.split(",") for r in bench(spec, dtype_name, args.repeats)]
+        print_table(rows, f"{report['machine']} · dtype {dtype_name} (generator; tokenizer fp32)")
+        report["rows"] += rows
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "sampling.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
