@@ -381,3 +381,17 @@ def test_pipeline_rejects_mismatched_parts(pipeline):
                               patch_nums=(1, 2, 4)))
     with pytest.raises(ValueError, match="single-scale"):
         MARPipeline(multi, tiny(vocab_size=17))
+
+
+def test_fast_preview_is_blocky_until_the_exact_last_step():
+    from tests.tiny_models import tiny_mar
+
+    pipe = tiny_mar()
+    fast = list(pipe.stream(labels=[1], num_steps=4, seed=0, preview="fast"))
+    full = list(pipe.stream(labels=[1], num_steps=4, seed=0, preview="full"))
+    first = fast[0].image  # a 4x4 latent decodes to 16 px, shown as 2x2 blocks at 32 px
+    assert first.shape == (1, 3, 32, 32)
+    assert torch.equal(first, first[..., ::2, ::2].repeat_interleave(2, -1).repeat_interleave(2, -2))
+    assert torch.equal(fast[-1].image, full[-1].image) and torch.equal(fast[-1].tokens, full[-1].tokens)
+    with pytest.raises(ValueError, match="preview must be"):
+        next(pipe.stream(labels=[1], preview="quick"))

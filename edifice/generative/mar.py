@@ -379,17 +379,30 @@ class MARPipeline(Pipeline):
         """Images in [0, 1] -> MAR token ids ``[B, L]`` (code + 1), e.g. training data or ``init_tokens``."""
         return self.tokenizer.img_to_idx(img_B3HW.mul(2).sub(1))[0] + 1
 
-    def render(self, tokens_BL: torch.Tensor) -> torch.Tensor:
-        """Token ids -> image ``[B, 3, H, W]`` in [0, 1]; hidden (mask id) positions get the mean code."""
+    def render(self, tokens_BL: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """Token ids -> image ``[B, 3, H, W]`` in [0, 1]; hidden (mask id) positions get the mean code.
+        ``fast`` decodes the latent area-downsampled to half its size (a quarter of the decoder's work) and
+        upscales the result, blocky but cheap enough to preview every step."""
         quant, pn = self.tokenizer.quantize, self.tokenizer.cfg.patch_nums[0]
         codebook_VC = quant.embedding.weight
         h_BLC = torch.where((tokens_BL == MASK_ID)[..., None], codebook_VC.mean(0),
                             codebook_VC[(tokens_BL - 1).clamp_min(0)])
         h_BChw = h_BLC.transpose(1, 2).reshape(tokens_BL.shape[0], quant.Cvae, pn, pn).float()
-        return self.tokenizer.fhat_to_img(quant.upsample_phi(h_BChw, 0, pn)).add(1).mul(0.5)
+        f_hat = quant.upsample_phi(h_BChw, 0, pn)
+        if not fast or pn < 4:
+            return self.tokenizer.fhat_to_img(f_hat).add(1).mul(0.5)
+        small = self.tokenizer.fhat_to_img(quant.downsample(f_hat, pn // 2))
+        return F.interpolate(small, size=self.image_size, mode="nearest").add(1).mul(0.5)
 
-    def _sample(self, preview: bool = True, **kwargs) -> Iterator[MARStep]:
-        return decode_steps(self.model, render=self.render if preview else None, **kwargs)
+    def _sample(self, preview: bool | str = True, **kwargs) -> Iterator[MARStep]:
+        """``preview``: True / "full" (exact), "fast" (half-resolution latent, see :meth:`render`) or False."""
+        if preview not in (True, False, None, "full", "fast"):
+            raise ValueError(f"preview must be True/'full', 'fast' or False, got {preview!r}")
+
+        def render(tokens_BL):  # the last step (nothing hidden) is always decoded exactly
+            return self.render(tokens_BL, fast=preview == "fast" and bool((tokens_BL == MASK_ID).any()))
+
+        return decode_steps(self.model, render=render if preview else None, **kwargs)
 
     @torch.inference_mode()
     def decode(self, step: MARStep) -> torch.Tensor:
