@@ -14,6 +14,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+PREVIEW_MODES = (True, False, None, "full", "fast")
+
+
+def check_preview(preview) -> None:
+    """``preview``: True / "full" (exact), "fast" (a smaller latent decoded, blocky), False / None (no images)."""
+    if preview not in PREVIEW_MODES:
+        raise ValueError(f"preview must be True/'full', 'fast' or False, got {preview!r}")
+
 
 class Pipeline:
     kind: str = ""  # "var" | "mar"

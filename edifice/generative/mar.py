@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..pipeline import Pipeline
+from ..pipeline import Pipeline, check_preview
 from ..tokenizers.vqvae import VQVAE
 from .blocks import FFN, SelfAttention, sinusoidal_positions
 from .var import new_seed, resolve_labels
@@ -388,16 +388,11 @@ class MARPipeline(Pipeline):
         h_BLC = torch.where((tokens_BL == MASK_ID)[..., None], codebook_VC.mean(0),
                             codebook_VC[(tokens_BL - 1).clamp_min(0)])
         h_BChw = h_BLC.transpose(1, 2).reshape(tokens_BL.shape[0], quant.Cvae, pn, pn).float()
-        f_hat = quant.upsample_phi(h_BChw, 0, pn)
-        if not fast or pn < 4:
-            return self.tokenizer.fhat_to_img(f_hat).add(1).mul(0.5)
-        small = self.tokenizer.fhat_to_img(quant.downsample(f_hat, pn // 2))
-        return F.interpolate(small, size=self.image_size, mode="nearest").add(1).mul(0.5)
+        return self.tokenizer.preview(quant.upsample_phi(h_BChw, 0, pn), pn // 2 if fast and pn >= 4 else None)
 
     def _sample(self, preview: bool | str = True, **kwargs) -> Iterator[MARStep]:
         """``preview``: True / "full" (exact), "fast" (half-resolution latent, see :meth:`render`) or False."""
-        if preview not in (True, False, None, "full", "fast"):
-            raise ValueError(f"preview must be True/'full', 'fast' or False, got {preview!r}")
+        check_preview(preview)
 
         def render(tokens_BL):  # the last step (nothing hidden) is always decoded exactly
             return self.render(tokens_BL, fast=preview == "fast" and bool((tokens_BL == MASK_ID).any()))

@@ -20,10 +20,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..pipeline import Pipeline
+from ..pipeline import Pipeline, check_preview
 from ..tokenizers.vqvae import VQVAE, VQVAEConfig
 from .blocks import FFN, KVCache, SelfAttention, modulate
 
@@ -337,8 +336,7 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
       image (decoder cost grows with pn^2, so all scales together cost about sum(pn^2) / h^2 full passes;
       the last scale is exact); False skips previews.
     """
-    if preview not in (True, False, None, "full", "fast"):
-        raise ValueError(f"preview must be True/'full', 'fast' or False, got {preview!r}")
+    check_preview(preview)
     scale_ids = check_scales(scales, var.patch_nums)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
@@ -376,21 +374,11 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
         if j + 1 < len(scale_ids):
             nxt = scale_ids[j + 1]
             x_BLC = var.embed_next(quant.downsample(f_hat, var.patch_nums[nxt]), nxt).repeat(2, 1, 1)
-        image = preview_image(vae, f_hat, pn, preview)
+        image = vae.preview(f_hat, pn if preview == "fast" else None) if preview else None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         yield VARStep(step=j, num_steps=len(scale_ids), scale=si, patch_size=pn, tokens=idx_Bl, logits=guided_BlV,
                       f_hat=f_hat.clone(), image=image, seconds=time.perf_counter() - t0, labels=label_B, seed=seed)
-
-
-def preview_image(vae: VQVAE, f_hat: torch.Tensor, pn: int, mode: bool | str | None) -> torch.Tensor | None:
-    """The preview of one scale in [0, 1] at full size (see ``preview`` in :func:`stream_var`)."""
-    if not mode:
-        return None
-    if mode != "fast" or pn == f_hat.shape[-1]:
-        return vae.fhat_to_img(f_hat).add(1).mul(0.5)
-    small = vae.fhat_to_img(vae.quantize.downsample(f_hat, pn))
-    return F.interpolate(small, size=vae.cfg.image_size, mode="nearest").add(1).mul(0.5)
 
 
 class VARPipeline(Pipeline):
@@ -419,7 +407,7 @@ class VARPipeline(Pipeline):
         return stream_var(self.var, self.vae, **kwargs)
 
     def decode(self, step: VARStep) -> torch.Tensor:
-        return self.vae.fhat_to_img(step.f_hat).add(1).mul(0.5)
+        return self.vae.preview(step.f_hat)
 
 
 # -- the seed API (Edifice.Generative.VAR in Python) --------------------------------------------------------

@@ -219,6 +219,15 @@ class VQVAE(nn.Module):
         """Latent -> image in [-1, 1]."""
         return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)
 
+    def preview(self, f_hat: torch.Tensor, latent_size: int | None = None) -> torch.Tensor:
+        """Latent -> image ``[B, 3, H, W]`` in [0, 1] at full size. With ``latent_size`` smaller than the latent,
+        the latent is area-downsampled to it first and the small image upscaled with nearest-neighbour: the
+        decoder's work falls with the square of the size (a cheap, blocky preview)."""
+        if latent_size is None or latent_size == f_hat.shape[-1]:
+            return self.fhat_to_img(f_hat).add(1).mul(0.5)
+        small = self.fhat_to_img(self.quantize.downsample(f_hat, latent_size))
+        return F.interpolate(small, size=self.cfg.image_size, mode="nearest").add(1).mul(0.5)
+
     def idx_to_img(self, idx_list: list[torch.Tensor], scale_ids=None, progressive: bool = False):
         f = self.quantize.idx_to_fhat(idx_list, scale_ids, progressive)
         return [self.fhat_to_img(x) for x in f] if progressive else self.fhat_to_img(f)
