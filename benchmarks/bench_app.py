@@ -10,7 +10,6 @@ after one warm-up request. What the browser adds on top (fetching each frame's P
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -19,10 +18,10 @@ import time
 from pathlib import Path
 
 import torch
+from report import save_report
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def one(client, **kw) -> tuple[float, float, int]:
@@ -67,10 +66,7 @@ def main(argv=None) -> dict:
     for r in rows:
         print(f"{r['model']:<10} {r['preview']:<7} {r['updates']:>7} {r['first_update_s']:>16.3f} "
               f"{r['last_update_s']:>15.3f}")
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": machine, "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "app.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return save_report("app", machine, rows)
 
 
 if __name__ == "__main__":

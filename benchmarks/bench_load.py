@@ -16,11 +16,11 @@ import json
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from report import save_report
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 
 CHILD = r"""
 import json, resource, sys, time
@@ -94,10 +94,7 @@ def main(argv=None) -> dict:
     for r in rows:
         print(f"{r['format']:<20} {r['size_mb']:>9.0f} {r['read_s']:>8.2f} {r['load_s']:>8.2f} "
               f"{r['load_over_read']:>8.2f}x {r['peak_ram_mb']:>13.0f} {r['peak_over_size']:>8.2f}x")
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": machine, "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "load.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return save_report("load", machine, rows)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Each number is the median of ``--repeats`` runs after one warm-up run.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -25,10 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report import save_report  # noqa: E402
+
 import edifice  # noqa: E402
 from edifice.generative.var import VAR, resolve_labels  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -133,14 +133,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "rows": []}
+    all_rows = []
     for dtype_name in args.dtypes.split(","):
         rows = [r for spec in args.models.split(",") for r in bench(spec, dtype_name, args.repeats)]
-        print_table(rows, f"{report['machine']} · dtype {dtype_name} (generator; tokenizer fp32)")
-        report["rows"] += rows
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sampling.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+        print_table(rows, f"{machine()} · dtype {dtype_name} (generator; tokenizer fp32)")
+        all_rows += rows
+    return save_report("sampling", machine(), all_rows)
 
 
 if __name__ == "__main__":
