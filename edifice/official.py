@@ -1,26 +1,39 @@
 """Load the official checkpoint files unchanged, inferring every architecture setting from the state dicts.
 
 VAR (FoundationVision/var): ``vae_ch160v4096z32.pth`` + ``var_d16.pth`` ... ``var_d36.pth``, plain pickled
-state dicts. Files are read with ``torch.load(weights_only=True)``; models are built on the meta device and
-the tensors assigned, so no time or memory goes into a random initialisation.
+state dicts. MAR (LTH14/mar, Hub mirror jadechoghari/mar): the KL-16 VAE as ``kl16.safetensors`` (flat) or
+``kl16.ckpt`` (``{'model': ...}``) and the generator as ``mar-{base,large,huge}.safetensors`` (flat) or a
+training checkpoint ``checkpoint-last.pth`` (``{'model', 'model_ema', ...}``: the EMA weights are used, as
+the authors' evaluation does). Pickles are read with ``torch.load(weights_only=True)`` (MAR training
+checkpoints may also hold their ``argparse.Namespace`` of arguments, the one class allowed besides tensors);
+models are built on the meta device and the tensors assigned, so no time or memory goes into a random
+initialisation.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import pickle
 import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from .errors import CheckpointError
+from .generative.mar_diffusion import CONFIGS, DiffusionMAR, DiffusionMARConfig, DiffusionMARPipeline
 from .generative.var import VAR, VARConfig, VARPipeline
+from .tokenizers.klvae import KLVAE, KLVAEConfig
 from .tokenizers.vqvae import VQVAE, VQVAEConfig
 
 KINDS = {
     "var-vae": "a VAR VQ-VAE state dict (keys like 'quantize.embedding.weight', 'encoder.conv_in.weight')",
     "var": "a VAR transformer state dict (keys like 'class_emb.weight', 'lvl_1L', 'blocks.0.attn.mat_qkv.weight')",
+    "kl-vae": "a KL VAE state dict (keys like 'encoder.conv_in.weight', 'quant_conv.weight'), e.g. kl16.safetensors",
+    "mar": "a MAR (diffusion-loss) state dict (keys like 'z_proj.weight', 'diffloss.net.input_proj.weight'), e.g. "
+           "mar-base.safetensors",
 }
 
 
@@ -73,7 +86,9 @@ def describe_state_dict(sd) -> str:
 
 def _expect(sd, kind: str, path) -> None:
     found = describe_state_dict(sd)
-    wanted = {"var-vae": "a VAR VQ-VAE state dict", "var": "a VAR transformer state dict"}[kind]
+    wanted = {"var-vae": "a VAR VQ-VAE state dict", "var": "a VAR transformer state dict",
+              "kl-vae": "a KL VAE state dict (e.g. MAR's kl16)",
+              "mar": "a MAR (diffusion-loss) transformer state dict"}[kind]
     if found != wanted:
         raise CheckpointError(f"{path}: expected {KINDS[kind]}, found {found}")
 
@@ -142,3 +157,108 @@ def load_official_var(vae_path, var_path, device=None, dtype=None) -> VARPipelin
     _expect(vae_sd, "var-vae", vae_path)
     _expect(var_sd, "var", var_path)
     return var_from_state_dicts(vae_sd, var_sd, device, dtype)
+
+
+# -- MAR (diffusion head) -----------------------------------------------------------------------------------------
+def load_state_dict_file(path: str | Path) -> dict:
+    """A ``.safetensors`` file, or a pickle read with ``weights_only=True`` (``argparse.Namespace`` allowed)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return load_torch_file(path, allow=(argparse.Namespace,))
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file; check the path or download it again")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: could not be read ({e}); the file is truncated or corrupt, "
+                              "download it again") from None
+
+
+def unwrap_training_checkpoint(sd: dict, path) -> dict:
+    """The weights inside a training checkpoint: ``model_ema`` if present (what the authors evaluate), else
+    ``model``; a flat state dict is returned as is."""
+    if isinstance(sd, dict) and ("model_ema" in sd or "model" in sd):
+        inner = sd.get("model_ema") if sd.get("model_ema") is not None else sd.get("model")
+        if not isinstance(inner, dict):
+            raise CheckpointError(f"{path}: its 'model'/'model_ema' entry is not a state dict")
+        return inner
+    return sd
+
+
+def infer_klvae_config(sd: dict, image_size: int = 256) -> KLVAEConfig:
+    """Every KLVAEConfig field from key names and shapes."""
+    ch, in_ch = sd["encoder.conv_in.weight"].shape[:2]
+    levels = _count(sd, r"encoder\.down\.(\d+)\.")
+    return KLVAEConfig(embed_dim=sd["post_quant_conv.weight"].shape[1], z_channels=sd["post_quant_conv.weight"].shape[0],
+                       ch=ch, ch_mult=tuple(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch
+                                            for i in range(levels)),
+                       num_res_blocks=_count(sd, r"encoder\.down\.0\.block\.(\d+)\."), in_channels=in_ch,
+                       using_sa=f"encoder.down.{levels - 1}.attn.0.q.weight" in sd, image_size=image_size)
+
+
+# Attention heads are not visible in the weights; the official factories fix them per width.
+HEADS_BY_WIDTH = {c.encoder_embed_dim: c.encoder_num_heads for c in CONFIGS.values()}
+
+
+def infer_mar_diffusion_config(sd: dict, vae_cfg: KLVAEConfig, **overrides) -> DiffusionMARConfig:
+    """Every DiffusionMARConfig field from the state dict and its VAE's config. The attention heads come from
+    the official widths (768: 12, 1024: 16, 1280: 16); other widths need ``encoder_num_heads`` and
+    ``decoder_num_heads`` in ``overrides``."""
+    De, token_dim = sd["z_proj.weight"].shape
+    Dd = sd["decoder_embed.weight"].shape[0]
+    L = sd["diffusion_pos_embed_learned"].shape[1]
+    p = math.isqrt(token_dim // vae_cfg.embed_dim)
+    if p * p * vae_cfg.embed_dim != token_dim or math.isqrt(L) ** 2 != L:
+        raise CheckpointError(f"the MAR's {token_dim}-channel tokens on {L} positions do not fit the VAE's "
+                              f"{vae_cfg.embed_dim}-channel latents")
+    fields = dict(img_size=math.isqrt(L) * p * vae_cfg.stride, vae_stride=vae_cfg.stride, patch_size=p,
+                  vae_embed_dim=vae_cfg.embed_dim, encoder_embed_dim=De,
+                  encoder_depth=_count(sd, r"encoder_blocks\.(\d+)\."), decoder_embed_dim=Dd,
+                  decoder_depth=_count(sd, r"decoder_blocks\.(\d+)\."),
+                  mlp_ratio=sd["encoder_blocks.0.mlp.fc1.weight"].shape[0] / De,
+                  class_num=sd["class_emb.weight"].shape[0],
+                  buffer_size=sd["encoder_pos_embed_learned"].shape[1] - L,
+                  diffloss_d=_count(sd, r"diffloss\.net\.res_blocks\.(\d+)\."),
+                  diffloss_w=sd["diffloss.net.input_proj.weight"].shape[0])
+    for side, width in (("encoder", De), ("decoder", Dd)):
+        key = f"{side}_num_heads"
+        if key not in overrides and width not in HEADS_BY_WIDTH:
+            raise CheckpointError(f"cannot tell the attention heads of a {width}-wide MAR {side} (the official "
+                                  f"widths are {sorted(HEADS_BY_WIDTH)}); pass {key}=...")
+        fields[key] = overrides.get(key, HEADS_BY_WIDTH.get(width))
+    return DiffusionMARConfig(**{**fields, **overrides})
+
+
+def mar_from_state_dicts(vae_sd: dict, mar_sd: dict, device=None, dtype=None, class_names=None, defaults=None,
+                         **config) -> DiffusionMARPipeline:
+    """Build a :class:`DiffusionMARPipeline` from the two official state dicts without a random initialisation.
+    ``config``: DiffusionMARConfig fields the weights do not show (attention heads of non-official widths)."""
+    vae_cfg = infer_klvae_config(vae_sd)
+    mar_cfg = infer_mar_diffusion_config(mar_sd, vae_cfg, **config)
+    vae_cfg.image_size = mar_cfg.img_size
+    with torch.device("meta"):
+        vae, mar = KLVAE(vae_cfg), DiffusionMAR(mar_cfg)
+    vae.load_state_dict(vae_sd, strict=True, assign=True)
+    mar.load_state_dict(mar_sd, strict=True, assign=True)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    vae.to(device)
+    mar.to(device)
+    if dtype is not None and dtype != torch.float32:
+        mar.cast(dtype)
+    return DiffusionMARPipeline(vae, mar, class_names=class_names, defaults=defaults)
+
+
+def load_official_mar(vae_path, mar_path, device=None, dtype=None, **config) -> DiffusionMARPipeline:
+    """The KL-16 VAE (``kl16.safetensors`` or ``kl16.ckpt``) + a MAR (``mar-base.safetensors`` ... or
+    ``checkpoint-last.pth``, EMA weights preferred) as a ready pipeline.
+
+    Widths, depths, classes, buffer size, token layout and the diffusion head's size are read from the files;
+    ``config`` names what they cannot show (``encoder_num_heads``/``decoder_num_heads`` for non-official
+    widths). ``dtype`` (e.g. bf16 on GPU) applies to the transformer; the diffusion head and the VAE stay
+    float32.
+    """
+    vae_sd = unwrap_training_checkpoint(load_state_dict_file(vae_path), vae_path)
+    mar_sd = unwrap_training_checkpoint(load_state_dict_file(mar_path), mar_path)
+    _expect(vae_sd, "kl-vae", vae_path)
+    _expect(mar_sd, "mar", mar_path)
+    return mar_from_state_dicts(vae_sd, mar_sd, device, dtype, **config)

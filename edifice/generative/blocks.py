@@ -2,7 +2,9 @@
 
 Parameter names follow the official VAR code (``mat_qkv``, ``q_bias``, ``zero_k_bias``, ``v_bias``,
 ``scale_mul_1H11``, ``proj``, ``fc1``, ``fc2``) so official checkpoints load without renaming; the discrete
-MAR reuses the same modules with plain scaled dot-product attention.
+MAR reuses the same modules with plain scaled dot-product attention. The official MAR (diffusion head) uses
+timm's ``Block`` names instead (``attn.qkv``, ``attn.proj``, ``mlp.fc1``): :class:`Attention` and
+:class:`Block` here.
 
 Modules here are stateless at inference: the KV cache is an explicit :class:`KVCache` object handed in by the
 sampler, so one model instance can serve concurrent generations.
@@ -78,6 +80,37 @@ class SelfAttention(nn.Module):
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, L, C)))
 
 
+class Attention(nn.Module):
+    """Multi-head self-attention with timm's names: one ``qkv`` projection with bias, then ``proj``."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        assert dim % num_heads == 0, f"width {dim} is not divisible by {num_heads} heads"
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        B, L, C = x_BLC.shape
+        q, k, v = self.qkv(x_BLC).view(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, C))
+
+
+class Block(nn.Module):
+    """timm's pre-norm transformer block ``x + attn(norm1(x))``, ``x + mlp(norm2(x))`` (exact GELU)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, eps: float = 1e-6):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = FFN(dim, int(dim * mlp_ratio), approximate="none")
+
+    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        x_BLC = x_BLC + self.attn(self.norm1(x_BLC))
+        return x_BLC + self.mlp(self.norm2(x_BLC))
+
+
 class FFN(nn.Module):
     """Two-layer MLP ``fc2(gelu(fc1(x)))``; VAR uses the tanh approximation of GELU."""
 
@@ -106,3 +139,11 @@ def sinusoidal_positions(length: int, dim: int, base: float = 10000.0) -> torch.
     table[:, 0::2] = torch.sin(pos * freq)
     table[:, 1::2] = torch.cos(pos * freq)
     return table.float()
+
+
+def timestep_embedding(t_N: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """DiT/ADM timestep features ``[N, dim]``: ``[cos(t f) | sin(t f)]`` with ``f_i = max_period^(-i / (dim/2))``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t_N.device) / half)
+    args = t_N[:, None].float() * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)

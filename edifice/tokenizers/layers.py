@@ -1,8 +1,9 @@
-"""Convolutional encoder/decoder of the VQGAN / LDM family, as used by VAR's multi-scale VQ-VAE.
+"""Convolutional encoder/decoder of the VQGAN / LDM family, used by VAR's multi-scale VQ-VAE and MAR's KL-16 VAE.
 
 Names follow the taming/LDM layout (``down.{i}.block.{j}.norm1``, ``mid.attn_1``, ``up.{i}.upsample.conv``,
-``norm_out``, ``conv_out``) with VAR's fused 1x1 ``qkv`` convolution in the attention block, so the official
-``vae_ch160v4096z32.pth`` loads as is. Images are NCHW in [-1, 1].
+``norm_out``, ``conv_out``). The attention block has VAR's fused 1x1 ``qkv`` convolution or LDM's separate
+``q``/``k``/``v`` (``fused_qkv=False``), so the official ``vae_ch160v4096z32.pth`` and MAR's ``kl16`` both load
+as they are. Images are NCHW in [-1, 1].
 """
 
 from __future__ import annotations
@@ -51,17 +52,25 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head self-attention over the H*W positions, with a fused 1x1 qkv convolution."""
+    """Single-head self-attention over the H*W positions, with a fused 1x1 qkv convolution (VAR) or separate
+    q, k, v convolutions (LDM, ``fused=False``)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, fused: bool = True):
         super().__init__()
         self.norm = Normalize(channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        if fused:
+            self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        else:
+            self.q, self.k, self.v = (nn.Conv2d(channels, channels, 1) for _ in range(3))
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x):
         B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).unbind(1)
+        h = self.norm(x)
+        if hasattr(self, "qkv"):
+            q, k, v = self.qkv(h).reshape(B, 3, C, H * W).unbind(1)
+        else:
+            q, k, v = (conv(h).reshape(B, C, H * W) for conv in (self.q, self.k, self.v))
         attn_BNN = torch.bmm(q.transpose(1, 2), k).mul_(C ** -0.5).softmax(dim=2)
         h = torch.bmm(v, attn_BNN.transpose(1, 2)).view(B, C, H, W)
         return x + self.proj_out(h)
@@ -71,7 +80,8 @@ class Encoder(nn.Module):
     """Image ``[B, in_channels, H, W]`` -> latent ``[B, z_channels, H/2^(n-1), W/2^(n-1)]`` for n = len(ch_mult)."""
 
     def __init__(self, *, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int,
-                 in_channels: int = 3, dropout: float = 0.0, using_sa: bool = True, using_mid_sa: bool = True):
+                 in_channels: int = 3, dropout: float = 0.0, using_sa: bool = True, using_mid_sa: bool = True,
+                 fused_qkv: bool = True):
         super().__init__()
         self.num_resolutions, self.num_res_blocks = len(ch_mult), num_res_blocks
         self.conv_in = nn.Conv2d(in_channels, ch, 3, 1, 1)
@@ -84,7 +94,7 @@ class Encoder(nn.Module):
                 block.append(ResnetBlock(block_in, block_out, dropout))
                 block_in = block_out
                 if i_level == self.num_resolutions - 1 and using_sa:
-                    attn.append(AttnBlock(block_in))
+                    attn.append(AttnBlock(block_in, fused_qkv))
             down = nn.Module()
             down.block, down.attn = block, attn
             if i_level != self.num_resolutions - 1:
@@ -92,7 +102,7 @@ class Encoder(nn.Module):
             self.down.append(down)
         self.mid = nn.Module()
         self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
-        self.mid.attn_1 = AttnBlock(block_in) if using_mid_sa else nn.Identity()
+        self.mid.attn_1 = AttnBlock(block_in, fused_qkv) if using_mid_sa else nn.Identity()
         self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
         self.norm_out = Normalize(block_in)
         self.conv_out = nn.Conv2d(block_in, z_channels, 3, 1, 1)
@@ -114,14 +124,15 @@ class Decoder(nn.Module):
     """Latent ``[B, z_channels, h, w]`` -> image ``[B, in_channels, h*2^(n-1), w*2^(n-1)]``."""
 
     def __init__(self, *, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int,
-                 in_channels: int = 3, dropout: float = 0.0, using_sa: bool = True, using_mid_sa: bool = True):
+                 in_channels: int = 3, dropout: float = 0.0, using_sa: bool = True, using_mid_sa: bool = True,
+                 fused_qkv: bool = True):
         super().__init__()
         self.num_resolutions, self.num_res_blocks = len(ch_mult), num_res_blocks
         block_in = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, block_in, 3, 1, 1)
         self.mid = nn.Module()
         self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
-        self.mid.attn_1 = AttnBlock(block_in) if using_mid_sa else nn.Identity()
+        self.mid.attn_1 = AttnBlock(block_in, fused_qkv) if using_mid_sa else nn.Identity()
         self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
         self.up = nn.ModuleList()
         for i_level in reversed(range(self.num_resolutions)):
@@ -131,7 +142,7 @@ class Decoder(nn.Module):
                 block.append(ResnetBlock(block_in, block_out, dropout))
                 block_in = block_out
                 if i_level == self.num_resolutions - 1 and using_sa:
-                    attn.append(AttnBlock(block_in))
+                    attn.append(AttnBlock(block_in, fused_qkv))
             up = nn.Module()
             up.block, up.attn = block, attn
             if i_level != 0:

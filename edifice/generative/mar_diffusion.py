@@ -1,0 +1,437 @@
+"""MAR as in the paper (Li et al. 2024, "Autoregressive Image Generation without Vector Quantization").
+
+Tokens are continuous: the KL-16 VAE's 16-channel latents (times 0.2325), 16x16 = 256 of them for 256 px.
+A bidirectional MAE-style encoder/decoder transformer reads the known tokens and produces one condition
+vector ``z`` per position; a small per-token diffusion MLP ("DiffLoss", :class:`SimpleMLPAdaLN`) samples a
+token from its ``z``. Generation starts with nothing known and, over ``num_steps`` autoregressive steps, fills
+tokens in a random order per sample, as many per step as a cosine schedule says (:func:`stream_tokens`
+yields one :class:`DiffusionMARStep` per step).
+
+Parameter names are the official ones (LTH14/mar ``models/mar.py``, ``models/diffloss.py``; timm ``Block``),
+so the Hub's flat ``mar-{base,large,huge}.safetensors`` and the authors' ``checkpoint-last.pth`` load with
+``strict=True`` (see :func:`edifice.official.load_official_mar`). Inference only: the diffusion training loss
+and class-label dropout are not implemented.
+
+Random numbers, exactly as the official ``sample_tokens`` after ``torch.manual_seed(seed);
+np.random.seed(seed)``: the generation orders come from numpy's ``RandomState(seed)`` (one shuffle per
+sample) and every diffusion draw from one ``torch.Generator`` seeded with ``seed`` on the model's device, so
+on the CPU a seed gives the official code's images for that seed. Random class labels (``labels=None``) come
+from a second generator with the same seed, which leaves the diffusion draws untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..pipeline import Pipeline, check_preview
+from ..tokenizers.klvae import KLVAE
+from .blocks import Block, modulate, timestep_embedding
+from .diffusion import p_sample_loop, respaced_schedule
+from .var import new_seed, resolve_labels
+
+CFG_SCHEDULES = ("linear", "constant")
+
+
+@dataclass
+class DiffusionMARConfig:
+    img_size: int = 256
+    vae_stride: int = 16  # pixels per latent position
+    patch_size: int = 1  # latent positions per token side (token channels = vae_embed_dim * patch_size^2)
+    vae_embed_dim: int = 16
+    encoder_embed_dim: int = 768
+    encoder_depth: int = 12
+    encoder_num_heads: int = 12
+    decoder_embed_dim: int = 768
+    decoder_depth: int = 12
+    decoder_num_heads: int = 12
+    mlp_ratio: float = 4.0
+    class_num: int = 1000
+    buffer_size: int = 64  # rows in front of the tokens, all holding the class embedding
+    diffloss_d: int = 6  # residual blocks of the diffusion MLP
+    diffloss_w: int = 1024  # its width
+    norm_eps: float = 1e-6
+
+    @property
+    def seq_h(self) -> int:
+        return self.img_size // self.vae_stride // self.patch_size
+
+    @property
+    def seq_len(self) -> int:
+        return self.seq_h ** 2
+
+    @property
+    def token_embed_dim(self) -> int:
+        return self.vae_embed_dim * self.patch_size ** 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _official(width: int, depth: int, heads: int, diffloss_d: int, diffloss_w: int) -> DiffusionMARConfig:
+    return DiffusionMARConfig(encoder_embed_dim=width, encoder_depth=depth, encoder_num_heads=heads,
+                              decoder_embed_dim=width, decoder_depth=depth, decoder_num_heads=heads,
+                              diffloss_d=diffloss_d, diffloss_w=diffloss_w)
+
+
+# The released models (official factories, with the DiffLoss sizes of the released checkpoints).
+CONFIGS = {
+    "mar_base": _official(768, 12, 12, 6, 1024),
+    "mar_large": _official(1024, 16, 16, 8, 1280),
+    "mar_huge": _official(1280, 20, 16, 12, 1536),
+}
+
+
+# -- the diffusion head -----------------------------------------------------------------------------------------
+class TimestepEmbedder(nn.Module):
+    def __init__(self, width: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t_N: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t_N, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+class ResBlock(nn.Module):
+    """``x + gate * mlp(modulate(LN(x), shift, scale))`` with shift, scale, gate from the condition."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.in_ln = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
+        return x + gate * self.mlp(modulate(self.in_ln(x), shift, scale))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, width: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(width, out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class SimpleMLPAdaLN(nn.Module):
+    """Noisy token ``x [N, C]``, original timestep ``t [N]``, condition ``c [N, D]`` -> ``[N, 2C]``: the noise
+    eps, then the variance interpolation v. The condition is ``time_embed(t) + cond_embed(c)``."""
+
+    def __init__(self, in_channels: int, width: int, z_channels: int, depth: int):
+        super().__init__()
+        self.in_channels = in_channels
+        self.time_embed = TimestepEmbedder(width)
+        self.cond_embed = nn.Linear(z_channels, width)
+        self.input_proj = nn.Linear(in_channels, width)
+        self.res_blocks = nn.ModuleList([ResBlock(width) for _ in range(depth)])
+        self.final_layer = FinalLayer(width, 2 * in_channels)
+
+    def forward(self, x_NC: torch.Tensor, t_N: torch.Tensor, c_ND: torch.Tensor) -> torch.Tensor:
+        dtype = self.input_proj.weight.dtype
+        x, y = self.input_proj(x_NC.to(dtype)), self.time_embed(t_N) + self.cond_embed(c_ND.to(dtype))
+        for block in self.res_blocks:
+            x = block(x, y)
+        return self.final_layer(x, y)
+
+    def forward_with_cfg(self, x_NC: torch.Tensor, t_2N: torch.Tensor, c_2ND: torch.Tensor,
+                         cfg: float | torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance on eps only: the net runs on ``[x; x]`` with ``t_2N`` and ``c_2ND``
+        (conditional rows, then unconditional); returns ``[N, 2C]``, the guided eps ``u + cfg (c - u)`` and the
+        conditional rows' v."""
+        out = self(x_NC.repeat(2, 1), t_2N, c_2ND)
+        C = self.in_channels
+        cond, uncond = out.chunk(2)
+        eps = uncond[:, :C] + cfg * (cond[:, :C] - uncond[:, :C])
+        return torch.cat([eps, cond[:, C:]], dim=1)
+
+
+class DiffLoss(nn.Module):
+    """The per-token diffusion head (named after the official module; only its sampler is implemented)."""
+
+    def __init__(self, target_channels: int, z_channels: int, depth: int, width: int):
+        super().__init__()
+        self.net = SimpleMLPAdaLN(target_channels, width, z_channels, depth)
+
+    def sample(self, z_ND: torch.Tensor, temperature: float = 1.0, cfg: float | torch.Tensor = 1.0,
+               num_sampling_steps: int | str = 100, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One token ``[N, C]`` per condition row. With ``cfg != 1`` the first half of ``z`` is conditional and
+        the second unconditional, and N is half the rows."""
+        schedule = respaced_schedule(num_sampling_steps)
+        guided = not (cfg == 1.0)
+        N = z_ND.shape[0] // 2 if guided else z_ND.shape[0]
+        noise = torch.randn((N, self.net.in_channels), generator=generator, device=z_ND.device)
+        if guided:
+            def net(x, t):
+                return self.net.forward_with_cfg(x, t.repeat(2), z_ND, cfg)
+        else:
+            def net(x, t):
+                return self.net(x, t, z_ND)
+        return p_sample_loop(net, noise, schedule, temperature, generator, noise_rows=2 * N if guided else N)
+
+
+# -- the transformer --------------------------------------------------------------------------------------------
+class DiffusionMAR(nn.Module):
+    """Known tokens ``[B, L, C]`` + mask ``[B, L]`` (1 = unknown) + class embedding -> conditions ``[B, L, D]``."""
+
+    def __init__(self, cfg: DiffusionMARConfig | None = None, **kwargs):
+        super().__init__()
+        self.cfg = cfg = cfg or DiffusionMARConfig(**kwargs)
+        De, Dd, L, n = cfg.encoder_embed_dim, cfg.decoder_embed_dim, cfg.seq_len, cfg.buffer_size
+        self.num_classes = cfg.class_num
+        self.class_emb = nn.Embedding(cfg.class_num, De)
+        self.fake_latent = nn.Parameter(torch.randn(1, De) * 0.02)  # the "no class" embedding (CFG, uncond)
+        self.z_proj = nn.Linear(cfg.token_embed_dim, De)
+        self.z_proj_ln = nn.LayerNorm(De, eps=1e-6)
+        self.encoder_pos_embed_learned = nn.Parameter(torch.randn(1, n + L, De) * 0.02)
+        self.encoder_blocks = nn.ModuleList([Block(De, cfg.encoder_num_heads, cfg.mlp_ratio, cfg.norm_eps)
+                                             for _ in range(cfg.encoder_depth)])
+        self.encoder_norm = nn.LayerNorm(De, eps=cfg.norm_eps)
+        self.decoder_embed = nn.Linear(De, Dd)
+        self.mask_token = nn.Parameter(torch.randn(1, 1, Dd) * 0.02)
+        self.decoder_pos_embed_learned = nn.Parameter(torch.randn(1, n + L, Dd) * 0.02)
+        self.decoder_blocks = nn.ModuleList([Block(Dd, cfg.decoder_num_heads, cfg.mlp_ratio, cfg.norm_eps)
+                                             for _ in range(cfg.decoder_depth)])
+        self.decoder_norm = nn.LayerNorm(Dd, eps=cfg.norm_eps)
+        self.diffusion_pos_embed_learned = nn.Parameter(torch.randn(1, L, Dd) * 0.02)
+        self.diffloss = DiffLoss(cfg.token_embed_dim, Dd, cfg.diffloss_d, cfg.diffloss_w)
+
+    def cast(self, dtype: torch.dtype) -> DiffusionMAR:
+        """Transformer in ``dtype``; the diffusion head stays float32 (its 100 chained steps need the precision,
+        and at one or a few tokens per step it costs little)."""
+        self.to(dtype)
+        self.diffloss.float()
+        return self
+
+    # layout ------------------------------------------------------------------------------------------------------
+    def patchify(self, latent_BChw: torch.Tensor) -> torch.Tensor:
+        """Latent ``[B, C, h, w]`` -> tokens ``[B, L, C p^2]``, row-major, channel-major within a token."""
+        B, C, H, W = latent_BChw.shape
+        p = self.cfg.patch_size
+        x = latent_BChw.reshape(B, C, H // p, p, W // p, p)
+        return torch.einsum("nchpwq->nhwcpq", x).reshape(B, (H // p) * (W // p), C * p * p)
+
+    def unpatchify(self, tokens_BLD: torch.Tensor) -> torch.Tensor:
+        B, p, C, h = tokens_BLD.shape[0], self.cfg.patch_size, self.cfg.vae_embed_dim, self.cfg.seq_h
+        x = tokens_BLD.reshape(B, h, h, C, p, p)
+        return torch.einsum("nhwcpq->nchpwq", x).reshape(B, C, h * p, h * p)
+
+    # forward -----------------------------------------------------------------------------------------------------
+    def class_embedding(self, label_B: torch.Tensor) -> torch.Tensor:
+        """``class_emb`` rows; label ``num_classes`` (unconditional, and the CFG null rows) is ``fake_latent``."""
+        uncond = (label_B == self.num_classes)[:, None]
+        return torch.where(uncond, self.fake_latent, self.class_emb(label_B.clamp_max(self.num_classes - 1)))
+
+    def forward_mae_encoder(self, tokens_BLC: torch.Tensor, mask_BL: torch.Tensor,
+                            class_emb_BD: torch.Tensor) -> torch.Tensor:
+        """The buffer rows (all = the class embedding) and the known tokens, through the encoder
+        ``[B, buffer + known, De]``; every row must have the same number of unknown tokens."""
+        dtype = self.z_proj.weight.dtype
+        x = self.z_proj(tokens_BLC.to(dtype))
+        B, L, D = x.shape
+        x = torch.cat([class_emb_BD.to(dtype)[:, None].expand(B, self.cfg.buffer_size, D), x], dim=1)
+        x = self.z_proj_ln(x + self.encoder_pos_embed_learned)
+        keep = torch.cat([mask_BL.new_ones(B, self.cfg.buffer_size, dtype=torch.bool), ~mask_BL.bool()], dim=1)
+        x = x[keep].reshape(B, -1, D)
+        for block in self.encoder_blocks:
+            x = block(x)
+        return self.encoder_norm(x)
+
+    def forward_mae_decoder(self, x_BKD: torch.Tensor, mask_BL: torch.Tensor) -> torch.Tensor:
+        """Encoder output -> one condition per token position ``[B, L, Dd]`` (mask_token at unknown positions)."""
+        x = self.decoder_embed(x_BKD)
+        B, D = x.shape[0], x.shape[-1]
+        keep = torch.cat([mask_BL.new_ones(B, self.cfg.buffer_size, dtype=torch.bool), ~mask_BL.bool()], dim=1)
+        full = self.mask_token.to(x.dtype).expand(B, keep.shape[1], D).clone()
+        full[keep] = x.reshape(-1, D)
+        x = full + self.decoder_pos_embed_learned
+        for block in self.decoder_blocks:
+            x = block(x)
+        return self.decoder_norm(x)[:, self.cfg.buffer_size:] + self.diffusion_pos_embed_learned
+
+    def forward(self, tokens_BLC: torch.Tensor, mask_BL: torch.Tensor, class_emb_BD: torch.Tensor) -> torch.Tensor:
+        return self.forward_mae_decoder(self.forward_mae_encoder(tokens_BLC, mask_BL, class_emb_BD), mask_BL)
+
+
+# -- sampling ---------------------------------------------------------------------------------------------------
+def mask_lengths(seq_len: int, num_steps: int) -> list[int]:
+    """Tokens still unknown after each step as the official sampler computes them (``max(1, min(remaining - 1,
+    floor(L cos(pi/2 (s+1)/S))))``); the last step then fills everything, but its value still sets the linear
+    CFG scale. Every step fills at least one token while tokens remain."""
+    out, remaining = [], seq_len
+    for s in range(num_steps):
+        target = int(np.floor(seq_len * np.cos(math.pi / 2.0 * (s + 1) / num_steps)))
+        out.append(max(1, min(remaining - 1, target)))
+        remaining = out[-1]
+    return out
+
+
+def cfg_scale(cfg: float, schedule: str, mask_len: int, seq_len: int) -> float:
+    """Guidance of one step: ``constant`` = cfg; ``linear`` = ``1 + (cfg - 1) (L - mask_len) / L`` with the
+    tokens left unknown after the step (a ramp from ~1 to ~cfg, as in Muse), computed in float32 as the
+    official code does."""
+    if schedule == "constant":
+        return float(cfg)
+    ramp = (torch.tensor(float(seq_len), dtype=torch.float32) - mask_len) / seq_len
+    return float(1 + (cfg - 1) * ramp)
+
+
+def random_orders(batch_size: int, seq_len: int, seed: int) -> torch.Tensor:
+    """One random permutation per sample ``[B, L]``: numpy ``RandomState(seed)``, one shuffle per row in turn
+    (what ``np.random.seed(seed)`` then the official ``sample_orders`` draws)."""
+    rs = np.random.RandomState(seed)
+    orders = []
+    for _ in range(batch_size):
+        order = np.arange(seq_len)
+        rs.shuffle(order)
+        orders.append(order)
+    return torch.from_numpy(np.stack(orders)).long()
+
+
+@dataclass
+class DiffusionMARStep:
+    """One streamed autoregressive step of a MAR (diffusion head) generation."""
+
+    step: int  # 0-based
+    num_steps: int
+    tokens: torch.Tensor  # [B, L, C] float32 scaled latents so far; 0 where still unknown (the official buffer)
+    mask: torch.Tensor  # [B, L] bool, True = still unknown after this step
+    revealed: torch.Tensor  # [B, L] bool, filled in this step
+    orders: torch.Tensor  # [B, L] generation order of each sample (filled from its end backwards)
+    cfg: float  # guidance scale used in this step
+    image: torch.Tensor | None  # [B, 3, H, W] in [0, 1]: the partial token map decoded; None between previews
+    seconds: float  # wall time of this step (transformer, diffusion head and preview)
+    labels: torch.Tensor  # [B] class ids used (num_classes = unconditional)
+    seed: int
+
+
+def check_sampling(seq_len: int, num_steps: int, cfg: float, cfg_schedule: str, temperature: float,
+                   num_sampling_steps) -> None:
+    """Errors a user can cause, said before anything runs."""
+    if not 1 <= int(num_steps) <= seq_len:
+        raise ValueError(f"num_steps must be in 1..{seq_len} (this model has {seq_len} tokens), got {num_steps}")
+    if cfg_schedule not in CFG_SCHEDULES:
+        raise ValueError(f"unknown cfg_schedule {cfg_schedule!r}: use one of {CFG_SCHEDULES}")
+    if cfg < 1.0:
+        raise ValueError(f"cfg must be >= 1 (1 = no guidance), got {cfg}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if isinstance(num_sampling_steps, int | float) and not 2 <= int(num_sampling_steps) <= 1000:
+        raise ValueError(f"num_sampling_steps must be in 2..1000 (the official code crashes with 1), "
+                         f"got {num_sampling_steps}")
+    respaced_schedule(num_sampling_steps)  # also checks "ddimN" / "a,b,c" forms
+
+
+@torch.inference_mode()
+def stream_tokens(model: DiffusionMAR, *, labels=None, batch_size: int = 1, num_steps: int = 64, cfg: float = 1.0,
+                  cfg_schedule: str = "linear", temperature: float = 1.0, num_sampling_steps: int | str = 100,
+                  seed: int | None = None, render: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                  preview_every: int = 1) -> Iterator[DiffusionMARStep]:
+    """The official ``sample_tokens``, yielding a :class:`DiffusionMARStep` after each of ``num_steps`` steps.
+
+    Each step runs the transformer on the whole sequence (doubled with the null class when ``cfg != 1``),
+    keeps unknown the first ``mask_lengths(L, num_steps)[s]`` positions of each order and fills the others
+    with the diffusion head (``num_sampling_steps`` respaced steps, guidance on eps, ``temperature`` scaling
+    the per-step noise). ``labels``: None = drawn at random, an int = whole batch (negative = unconditional),
+    a list = one per image. ``render(tokens_BLC, mask_BL) -> image`` is called every ``preview_every`` steps and at
+    the last one.
+    """
+    L = model.cfg.seq_len
+    check_sampling(L, num_steps, cfg, cfg_schedule, temperature, num_sampling_steps)
+    if preview_every < 1:
+        raise ValueError(f"preview_every must be >= 1, got {preview_every}")
+    device = model.fake_latent.device
+    seed = new_seed() if seed is None else int(seed)
+    label_B = resolve_labels(labels, batch_size, model.num_classes, torch.Generator(device).manual_seed(seed),
+                             device)
+    B = label_B.shape[0]
+    orders_BL = random_orders(B, L, seed).to(device)
+    rng = torch.Generator(device).manual_seed(seed)
+    tokens_BLC = torch.zeros(B, L, model.cfg.token_embed_dim, device=device)
+    mask_BL = torch.ones(B, L, dtype=torch.bool, device=device)
+    class_emb = model.class_embedding(label_B)
+    guided = cfg != 1.0
+    if guided:
+        class_emb = torch.cat([class_emb, model.class_embedding(torch.full_like(label_B, model.num_classes))])
+    for s, mask_len in enumerate(mask_lengths(L, num_steps)):
+        t0 = time.perf_counter()
+        last = s == num_steps - 1
+        next_mask_BL = torch.zeros_like(mask_BL)
+        if not last:
+            next_mask_BL.scatter_(1, orders_BL[:, :mask_len], True)
+        revealed_BL = mask_BL & ~next_mask_BL
+        scale = cfg_scale(cfg, cfg_schedule, mask_len, L)
+        if revealed_BL.any():
+            rep = 2 if guided else 1
+            z_BLD = model(tokens_BLC.repeat(rep, 1, 1), mask_BL.repeat(rep, 1), class_emb)
+            z_ND = z_BLD[revealed_BL.repeat(rep, 1)]
+            tokens_BLC = tokens_BLC.clone()
+            tokens_BLC[revealed_BL] = model.diffloss.sample(z_ND, temperature, scale, num_sampling_steps, rng)
+        mask_BL = next_mask_BL
+        show = render is not None and (last or (s + 1) % preview_every == 0)
+        image = render(tokens_BLC, mask_BL) if show else None
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        yield DiffusionMARStep(step=s, num_steps=num_steps, tokens=tokens_BLC, mask=mask_BL, revealed=revealed_BL,
+                               orders=orders_BL, cfg=scale, image=image, seconds=time.perf_counter() - t0,
+                               labels=label_B, seed=seed)
+
+
+# -- image pipeline -------------------------------------------------------------------------------------------
+class DiffusionMARPipeline(Pipeline):
+    """The KL-16 VAE and a MAR with diffusion head: ``stream`` yields one :class:`DiffusionMARStep` per
+    autoregressive step (arguments of :func:`stream_tokens` plus ``preview``), ``generate`` returns images
+    ``[B, 3, H, W]`` in [0, 1]. Previews decode the partial token map with zeros at unknown positions (the
+    official token buffer), so unknown regions show as the decoder's reading of an all-zero latent."""
+
+    kind = "mar-diffusion"
+
+    def __init__(self, tokenizer: KLVAE, model: DiffusionMAR, class_names: list[str] | None = None,
+                 defaults: dict | None = None):
+        if tokenizer.cfg.embed_dim != model.cfg.vae_embed_dim:
+            raise ValueError(f"the VAE makes {tokenizer.cfg.embed_dim}-channel latents but the model expects "
+                             f"{model.cfg.vae_embed_dim}")
+        if tokenizer.cfg.stride != model.cfg.vae_stride:
+            raise ValueError(f"the VAE has stride {tokenizer.cfg.stride} but the model expects "
+                             f"{model.cfg.vae_stride}")
+        super().__init__(tokenizer, model, class_names, defaults)
+
+    @property
+    def image_size(self) -> int:
+        return self.model.cfg.img_size
+
+    @property
+    def seq_len(self) -> int:
+        return self.model.cfg.seq_len
+
+    def render(self, tokens_BLC: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """Tokens ``[B, L, C]`` -> image ``[B, 3, H, W]`` in [0, 1]. ``fast`` decodes the latent at half its
+        size (a quarter of the decoder's work) and upsamples the picture: blurrier, for frequent previews."""
+        latent = self.model.unpatchify(tokens_BLC.float())
+        h = latent.shape[-1]
+        return self.tokenizer.tokens_to_image(latent, h // 2 if fast and h >= 4 else None)
+
+    def _sample(self, preview: bool | str = True, **kwargs) -> Iterator[DiffusionMARStep]:
+        """``preview``: True / "full", "fast" (see :meth:`render`) or False; ``preview_every``: decode every
+        k-th step only (the last is always decoded, exactly)."""
+        check_preview(preview)
+
+        def render(tokens_BLC, mask_BL):  # the last step (nothing unknown) is always decoded exactly
+            return self.render(tokens_BLC, fast=preview == "fast" and bool(mask_BL.any()))
+
+        return stream_tokens(self.model, render=render if preview else None, **kwargs)
+
+    @torch.inference_mode()
+    def decode(self, step: DiffusionMARStep) -> torch.Tensor:
+        return self.render(step.tokens)
