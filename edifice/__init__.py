@@ -12,11 +12,15 @@ from .errors import (
     UnknownPresetError,
 )
 from .generative.mar import MAR, MARConfig, MARPipeline, MARStep
+from .generative.mar_diffusion import DiffusionMAR, DiffusionMARConfig, DiffusionMARPipeline, DiffusionMARStep
 from .generative.var import VAR, VARConfig, VARPipeline, VARStep
 from .loading import download, load
-from .official import load_official_var
+from .official import load_official_mar, load_official_var
+from .tokenizers.klvae import KLVAE, KLVAEConfig
 from .tokenizers.vqvae import VQVAE, VQVAEConfig
 
 __all__ = ["CheckpointError", "EdificeError", "MAR", "MARConfig", "MARPipeline", "MARStep", "VAR", "VARConfig",
            "VARPipeline", "VARStep", "VQVAE", "VQVAEConfig", "load_official_var"]
 __all__ += ["CheckpointNotFoundError", "HubUnreachableError", "UnknownPresetError", "download", "load"]
+__all__ += ["DiffusionMAR", "DiffusionMARConfig", "DiffusionMARPipeline", "DiffusionMARStep", "KLVAE", "KLVAEConfig",
+            "load_official_mar"]

@@ -1,6 +1,7 @@
 """Command line: ``python -m edifice convert|download|resave ...``.
 
     python -m edifice convert --var-vae vae_ch160v4096z32.pth --var var_d16.pth --out var-d16
+    python -m edifice convert --mar-vae kl16.safetensors --mar mar-large.safetensors --out mar-large
     python -m edifice download var-d16             # a preset or an org/name Hub repo; --revision, --force
     python -m edifice resave runs/emoji-var/export --out checkpoints/emoji-var --dtype fp16 --set cfg=2.0
 
@@ -23,12 +24,19 @@ from tqdm import tqdm
 
 from . import loading, presets
 from .errors import EdificeError
-from .official import load_official_var
+from .official import load_official_mar, load_official_var
 
 # family -> (the convert flags it needs, as argparse dests; files -> float32 pipeline on the CPU)
 CONVERTERS = {
     "var": (("var_vae", "var"), lambda args: load_official_var(args.var_vae, args.var, device="cpu")),
+    "mar": (("mar_vae", "mar"), lambda args: load_official_mar(args.mar_vae, args.mar, device="cpu", **_heads(args))),
 }
+
+
+def _heads(args: argparse.Namespace) -> dict:
+    if not args.mar_heads:
+        return {}
+    return {"encoder_num_heads": args.mar_heads[0], "decoder_num_heads": args.mar_heads[1]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     var = convert.add_argument_group("VAR (FoundationVision/var)")
     var.add_argument("--var-vae", type=Path, metavar="VAE.pth", help="the VQ-VAE, e.g. vae_ch160v4096z32.pth")
     var.add_argument("--var", type=Path, metavar="VAR.pth", help="the transformer, e.g. var_d16.pth")
-    # MAR (LTH14/mar): the official-MAR issue adds its group here (--mar-vae, --mar) and a CONVERTERS entry.
+    mar = convert.add_argument_group("MAR with diffusion head (LTH14/mar, jadechoghari/mar)")
+    mar.add_argument("--mar-vae", type=Path, metavar="VAE", help="the KL-16 VAE: kl16.safetensors or kl16.ckpt")
+    mar.add_argument("--mar", type=Path, metavar="MAR", help="mar-base/large/huge.safetensors or checkpoint-last.pth "
+                                                             "(its EMA weights are used)")
+    mar.add_argument("--mar-heads", type=int, nargs=2, metavar=("ENC", "DEC"),
+                     help="attention heads of encoder and decoder, for widths other than the official 768/1024/1280")
     convert.add_argument("--out", type=Path, required=True, help="folder to write (created; files replaced)")
     convert.add_argument("--classes", help="class names: a list shipped in assets/ (e.g. imagenet) or a text "
                                            "file with one name per line (default: the matching preset's)")
@@ -90,7 +103,8 @@ def run_resave(args: argparse.Namespace) -> None:
 def run_convert(args: argparse.Namespace) -> None:
     chosen = [kind for kind, (flags, _) in CONVERTERS.items() if any(getattr(args, f) for f in flags)]
     if len(chosen) != 1:
-        raise EdificeError("convert: give the files of one model family, e.g. --var-vae VAE.pth --var VAR.pth")
+        raise EdificeError("convert: give the files of one model family, e.g. --var-vae VAE.pth --var VAR.pth "
+                           "or --mar-vae kl16.safetensors --mar mar-base.safetensors")
     flags, read = CONVERTERS[chosen[0]]
     missing = ["--" + f.replace("_", "-") for f in flags if getattr(args, f) is None]
     if missing:

@@ -38,8 +38,10 @@ from torch import nn
 from . import presets
 from .errors import CheckpointError, CheckpointNotFoundError
 from .generative.mar import MAR, MARConfig, MARPipeline
+from .generative.mar_diffusion import DiffusionMAR, DiffusionMARConfig, DiffusionMARPipeline
 from .generative.var import VAR, VARConfig, VARPipeline
 from .pipeline import Pipeline
+from .tokenizers.klvae import KLVAE, KLVAEConfig
 from .tokenizers.vqvae import VQVAE, VQVAEConfig
 
 FORMAT_VERSION = 1
@@ -62,6 +64,7 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "var": Family(VARPipeline, VARConfig, VAR),
     "mar": Family(MARPipeline, MARConfig, MAR),
+    "mar-diffusion": Family(DiffusionMARPipeline, DiffusionMARConfig, DiffusionMAR, KLVAEConfig, KLVAE),
 }
 
 

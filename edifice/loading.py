@@ -30,13 +30,14 @@ from torch import nn
 
 from . import checkpoint, hub, presets
 from .errors import CheckpointError, CheckpointNotFoundError, EdificeError, UnknownPresetError
-from .official import load_official_var
+from .official import load_official_mar, load_official_var
 from .pipeline import Pipeline
 from .presets import Preset
 
-# Official sources: files (role -> local path) -> a float32 pipeline on the CPU. The MAR issue adds "official-mar".
-OFFICIAL_LOADERS: dict[str, Callable[[dict[str, Path]], Pipeline]] = {
-    "official-var": lambda files: load_official_var(files["vae"], files["var"], device="cpu"),
+# Official sources: (files as role -> local path, the preset's config) -> a float32 pipeline on the CPU.
+OFFICIAL_LOADERS: dict[str, Callable[[dict[str, Path], dict], Pipeline]] = {
+    "official-var": lambda files, config: load_official_var(files["vae"], files["var"], device="cpu"),
+    "official-mar": lambda files, config: load_official_mar(files["vae"], files["mar"], device="cpu", **config),
 }
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -49,9 +50,9 @@ def load(spec: str | Path, device: str | torch.device = "auto", dtype: str | tor
     """A ready pipeline (VAR or MAR) from a local folder, a preset name or a Hub repo id ``org/name``.
 
     ``revision`` (branch, tag or commit) applies to Hub repositories and Hub-hosted presets. ``kind``
-    ("var", "mar") makes a checkpoint of another kind an error. Presets and pinned commits already in the
-    Hub cache load without contacting the Hub; a repo at a branch is checked for updates and falls back to
-    the cache when the Hub cannot be reached.
+    ("var", "mar", "mar-diffusion") makes a checkpoint of another kind an error. Presets and pinned commits
+    already in the Hub cache load without contacting the Hub; a repo at a branch is checked for updates and
+    falls back to the cache when the Hub cannot be reached.
     """
     spec = str(spec)
     target = _resolve(spec)
@@ -112,7 +113,7 @@ def _fetch(target: Path | Preset | str, spec: str, revision: str | None, *, pref
 
 def _read_preset(p: Preset, folder: Path) -> Pipeline:
     if p.source in OFFICIAL_LOADERS:
-        pipe = OFFICIAL_LOADERS[p.source]({role: folder / name for role, name in p.files.items()})
+        pipe = OFFICIAL_LOADERS[p.source]({role: folder / name for role, name in p.files.items()}, p.config)
     else:
         pipe = checkpoint.load_pretrained(folder, p.kind)
     if pipe.kind != p.kind:

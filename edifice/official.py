@@ -189,9 +189,9 @@ def infer_klvae_config(sd: dict, image_size: int = 256) -> KLVAEConfig:
     """Every KLVAEConfig field from key names and shapes."""
     ch, in_ch = sd["encoder.conv_in.weight"].shape[:2]
     levels = _count(sd, r"encoder\.down\.(\d+)\.")
-    return KLVAEConfig(embed_dim=sd["post_quant_conv.weight"].shape[1], z_channels=sd["post_quant_conv.weight"].shape[0],
-                       ch=ch, ch_mult=tuple(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch
-                                            for i in range(levels)),
+    ch_mult = tuple(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels))
+    z_channels, embed_dim = sd["post_quant_conv.weight"].shape[:2]
+    return KLVAEConfig(embed_dim=embed_dim, z_channels=z_channels, ch=ch, ch_mult=ch_mult,
                        num_res_blocks=_count(sd, r"encoder\.down\.0\.block\.(\d+)\."), in_channels=in_ch,
                        using_sa=f"encoder.down.{levels - 1}.attn.0.q.weight" in sd, image_size=image_size)
 

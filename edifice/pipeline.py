@@ -1,6 +1,7 @@
 """What the app and the loaders see of a model family: a tokenizer, a generator model and a streaming sampler.
 
-Every family subclasses :class:`Pipeline`: ``stream(**kwargs)`` yields one record per step (MAR) or scale
+Every family subclasses :class:`Pipeline`: ``stream(**kwargs)`` yields one record per step (MAR, discrete or
+with diffusion head) or scale
 (VAR), each carrying at least ``step``, ``num_steps``, ``tokens``, ``image`` ([B, 3, H, W] in [0, 1] or None
 when previews are off), ``seconds``, ``labels`` and ``seed``; ``generate(**kwargs)`` returns the final
 images. ``defaults`` holds the sampling settings recommended for the checkpoint; explicit arguments win.
@@ -24,7 +25,7 @@ def check_preview(preview) -> None:
 
 
 class Pipeline:
-    kind: str = ""  # "var" | "mar"
+    kind: str = ""  # "var" | "mar" | "mar-diffusion"
 
     def __init__(self, tokenizer: nn.Module, model: nn.Module, class_names: list[str] | None = None,
                  defaults: dict | None = None):

@@ -7,8 +7,9 @@ A preset's ``source`` says where its weights come from:
   e.g. ``checkpoints/emoji-var``, written by the training issue. Until it is trained the folder does not
   exist and loading the preset says so.
 - ``"hub"``: an edifice checkpoint in a Hub repository (``repo`` at ``revision``).
-- ``"official-var"`` (and later ``"official-mar"``): the authors' own files in a Hub repository, converted
-  while loading; ``files`` maps each role the loader needs (``vae``, ``var``) to a file name.
+- ``"official-var"`` / ``"official-mar"``: the authors' own files in a Hub repository, converted while
+  loading; ``files`` maps each role the loader needs (``vae`` and ``var`` / ``mar``) to a file name, and
+  ``config`` holds architecture settings the files cannot show (attention heads of a non-official width).
 
 Official VAR presets: ``var-d16`` ... ``var-d30`` (256 px) and ``var-d36`` (512 px) from
 ``FoundationVision/var`` with the shared ``vae_ch160v4096z32.pth``. ``params`` counts tokenizer +
@@ -19,6 +20,16 @@ more_smooth off; the README notes cfg up to 5 or more_smooth "for better visual 
 setting the authors publish for it, the zero-shot-edit notebook's (cfg 3, top_k 900, top_p 0.95,
 more_smooth on). Official revisions are ``main``: the authors publish no tags, and the 2024-04 replacement
 of d16/d30 (L2-normalised attention) is what every current user has.
+
+Official MAR presets (kind ``"mar-diffusion"``): ``mar-base``, ``mar-large``, ``mar-huge`` from
+``jadechoghari/mar`` (the mirror the authors' README links), with the KL-16 VAE. ``mar-base`` does not use
+the repo's flat ``mar-base.safetensors``: a third-party audit found it equal to the non-EMA ``model`` weights
+(FID 5.56 instead of 2.31), so the preset reads ``model_ema`` from the authors' ``checkpoint-last.pth`` (with
+``kl16.ckpt``), deleted from main but kept at commit ``773c9bd``, which the preset pins. For MAR-L and MAR-H
+the flat safetensors are the only Hub files; whether they are EMA is not documented. ``download_bytes`` are
+the files' sizes (MAR-B, VAE) or fp32 tensor bytes from the shapes (MAR-L/H). ``defaults`` are the authors'
+best-FID recipe (README/paper): 256 autoregressive steps, 100 diffusion steps, linear CFG schedule,
+temperature 1.0 and CFG 2.9 / 3.0 / 3.2; the README's faster setting is 64 steps.
 
 Adding presets without editing the package (tests, private mirrors, a Space's own checkpoints):
 ``register(name, kind=..., source=..., ...)`` in Python, or ``EDIFICE_PRESETS=/path/a.json:/path/b.json``
@@ -48,8 +59,8 @@ ENV_VAR = "EDIFICE_PRESETS"
 @dataclass(frozen=True)
 class Preset:
     name: str
-    kind: str  # "var" | "mar": the pipeline family the weights make
-    source: str  # "folder" | "hub" | "official-var" (see the module docstring)
+    kind: str  # "var" | "mar" | "mar-diffusion": the pipeline family the weights make
+    source: str  # "folder" | "hub" | "official-var" | "official-mar" (see the module docstring)
     repo: str | None = None  # Hub repository id (sources other than "folder")
     revision: str | None = None  # branch, tag or commit of ``repo``; None = main
     files: dict[str, str] = field(default_factory=dict)  # role -> file name (official sources)
@@ -59,6 +70,7 @@ class Preset:
     params: int | None = None  # parameter count, tokenizer + generator
     download_bytes: int | None = None  # what a first load downloads (for the app to show)
     defaults: dict = field(default_factory=dict)  # recommended sampling settings
+    config: dict = field(default_factory=dict)  # official sources: settings the files cannot show
     description: str = ""
 
     def __post_init__(self):
