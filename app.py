@@ -33,6 +33,11 @@ from edifice.errors import EdificeError
 
 MAX_IMAGES = 4
 MAX_LOADED = 2  # pipelines kept in memory
+# MAR with diffusion head on a CPU: the authors' 256 steps x 100 diffusion steps take most of an hour for MAR-B
+# on 2 cores, so the controls start lower there (the user can raise them; the page states the expected wait).
+CPU_MAR_STEPS, CPU_DIFFUSION_STEPS = 32, 25
+KIND_NAMES = {"var": "VAR", "mar": "MAR (discrete)", "mar-diffusion": "MAR (diffusion head)"}
+PREVIEWS = 16  # MAR with diffusion head: default preview interval = steps / PREVIEWS (decoding is the costly part)
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 ALLOW_LOCAL = os.environ.get("EDIFICE_ALLOW_LOCAL") == "1"
 CSS = (Path(__file__).parent / "assets" / "app.css").read_text() if (Path(__file__).parent / "assets"
@@ -46,11 +51,11 @@ def model_choices() -> list[tuple[str, str]]:
     for p in edifice.presets.presets().values():
         if p.source == "folder":
             if (p.folder / "config.json").is_file():
-                bundled.append((f"{p.name} · {p.kind.upper()} · bundled", p.name))
+                bundled.append((f"{p.name} · {KIND_NAMES.get(p.kind, p.kind)} · bundled", p.name))
         else:
             size = f" · download {p.download_bytes / 1e9:.1f} GB" if p.download_bytes else " · download"
             px = f" · {p.image_size}px" if p.image_size else ""
-            hub.append((f"{p.name} · {p.kind.upper()}{px}{size}", p.name))
+            hub.append((f"{p.name} · {KIND_NAMES.get(p.kind, p.kind)}{px}{size}", p.name))
     return bundled + hub
 
 
@@ -134,25 +139,59 @@ def parse_class(value, pipe) -> int | None:
 def on_model_change(spec, progress=gr.Progress()):
     pipe = load(spec, progress)
     d = pipe.defaults
-    is_var = pipe.kind == "var"
+    kind = pipe.kind
+    is_var, is_diff = kind == "var", kind == "mar-diffusion"
     classes = class_choices(pipe)
-    info = (f"**{spec}** · {pipe.kind.upper()} · {pipe.image_size}×{pipe.image_size} px · {pipe.num_classes} classes"
+    info = (f"**{spec}** · {KIND_NAMES[kind]} · {pipe.image_size}×{pipe.image_size} px · {pipe.num_classes} classes"
             f" · {pipe.device.type} / {str(pipe.dtype).removeprefix('torch.')}")
+    steps = min(d.get("num_steps", 16), pipe.seq_len) if not is_var else 16
+    diffusion_steps = d.get("num_sampling_steps", 100)
+    if is_diff and pipe.device.type == "cpu" and (steps > CPU_MAR_STEPS or diffusion_steps > CPU_DIFFUSION_STEPS):
+        info += (f"  \nOn this CPU the steps start at {min(steps, CPU_MAR_STEPS)} and the diffusion steps at "
+                 f"{min(diffusion_steps, CPU_DIFFUSION_STEPS)} (the authors use {steps} and {diffusion_steps}); "
+                 "raise them if you can wait.")
+        steps, diffusion_steps = min(steps, CPU_MAR_STEPS), min(diffusion_steps, CPU_DIFFUSION_STEPS)
     return (
         info,
         gr.update(choices=classes, value=classes[2] if len(classes) > 2 else "random"),
         gr.update(visible=is_var),
         gr.update(visible=not is_var),
         gr.update(choices=pipe.scales if is_var else [], value=pipe.scales if is_var else []),
-        gr.update() if is_var else gr.update(maximum=pipe.seq_len, value=min(d.get("num_steps", 16), pipe.seq_len)),
+        gr.update() if is_var else gr.update(maximum=pipe.seq_len, value=steps),
         gr.update(value=d.get("temperature", 1.0)),
         gr.update(value=d.get("cfg", 1.5 if is_var else 1.0)),
         gr.update(value=d.get("top_k", 0)),
         gr.update(value=d.get("top_p", 0.0)),
         gr.update(value=d.get("more_smooth", False)),
-        gr.update(value=d.get("schedule", "cosine")),
-        gr.update(value=d.get("randomness", 0.0)),
+        gr.update(value=d.get("schedule", "cosine"), visible=not is_diff),
+        gr.update(value=d.get("randomness", 0.0), visible=not is_diff),
+        gr.update(visible=is_diff),
+        gr.update(value=d.get("cfg_schedule", "linear")),
+        gr.update(value=diffusion_steps),
+        gr.update(value=max(1, steps // PREVIEWS)),
     )
+
+
+def expected_wait(spec, steps, diffusion_steps, cfg, num_images, preview, preview_every) -> str:
+    """MAR with diffusion head: the wall time a generation will take here, said before it starts."""
+    try:
+        pipe = MODELS.get(check_spec(spec))
+    except (EdificeError, gr.Error):
+        return ""
+    if pipe.kind != "mar-diffusion":
+        return ""
+    try:
+        seconds = pipe.estimate_seconds(num_steps=int(steps), num_sampling_steps=int(diffusion_steps),
+                                        cfg=float(cfg), batch_size=int(num_images), preview=preview,
+                                        preview_every=int(preview_every))
+    except (ValueError, TypeError):
+        return ""
+    hint = " · fewer steps or diffusion steps shorten it" if seconds > 60 else ""
+    return f"Expected wait ≈ {_duration(seconds)} on {pipe.device.type}{hint}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
 def explain_scales(spec, scales):
@@ -176,43 +215,60 @@ def status_line(pipe, step) -> str:
     if pipe.kind == "var":
         return f"scale {step.step + 1}/{step.num_steps} · {step.patch_size}×{step.patch_size} · {ms}"
     shown = int((~step.mask[0]).sum())
-    return f"step {step.step + 1}/{step.num_steps} · {shown}/{step.mask.shape[1]} revealed · {ms}"
+    line = f"step {step.step + 1}/{step.num_steps} · {shown}/{step.mask.shape[1]} revealed"
+    return f"{line} · cfg {step.cfg:.2f} · {ms}" if pipe.kind == "mar-diffusion" else f"{line} · {ms}"
 
 
 def generate(model: str = "", class_name: str = "random", scales: list | None = None, steps: int = 16,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0, cfg: float = 1.5,
              more_smooth: bool = False, schedule: str = "cosine", randomness: float = 0.0, seed: int = 0,
-             randomize_seed: bool = False, num_images: int = 1, preview: str = "full", progress=gr.Progress()):
-    """Stream one generation: yields (live image, token view, status, filmstrip, timings, GIF, WebP, PNG)."""
+             randomize_seed: bool = False, num_images: int = 1, preview: str = "full", cfg_schedule: str = "linear",
+             diffusion_steps: int = 100, preview_every: int = 1, progress=gr.Progress()):
+    """Stream one generation: yields (live image, token view, status, filmstrip, timings, GIF, WebP, PNG).
+
+    MAR with diffusion head first yields the expected wait, then decodes a preview every ``preview_every``
+    steps (the live image and filmstrip change only then; the token view and status change every step)."""
     pipe = load(model or default_model())
     labels = parse_class(class_name, pipe)
     n = int(num_images)  # 1..MAX_IMAGES: the slider refuses anything else, for API calls too
     seed = int(torch.randint(0, 2 ** 31 - 1, (1,)).item()) if randomize_seed else int(seed)
-    kw = dict(labels=labels, batch_size=n, cfg=float(cfg), temperature=float(temperature), seed=seed)
+    kw = dict(labels=labels, batch_size=n, cfg=float(cfg), temperature=float(temperature), seed=seed, preview=preview)
     if pipe.kind == "var":
         kw.update(scales=sorted(int(s) for s in scales) if scales else None, top_k=int(top_k), top_p=float(top_p),
-                  more_smooth=bool(more_smooth), preview=preview)
+                  more_smooth=bool(more_smooth))
         colors = render.codebook_colors(pipe.tokenizer.quantize.embedding.weight)
-    else:
+    elif pipe.kind == "mar":
         kw.update(num_steps=int(steps), schedule=schedule, randomness=float(randomness))
+    else:
+        kw.update(num_steps=int(steps), cfg_schedule=cfg_schedule, num_sampling_steps=int(diffusion_steps),
+                  preview_every=int(preview_every))
     frames, thumbs, rows, t0 = [], [], [], time.perf_counter()
+    live = None
     ACTIVE["runs"] += 1
     try:
-        for step in pipe.stream(**kw):
-            live = render.image_grid(step.image)
+        stream = pipe.stream(**kw)
+        if pipe.kind == "mar-diffusion":
+            wait = _duration(pipe.estimate_seconds(**kw))
+            yield gr.update(), gr.update(), f"starting · expected wait ≈ {wait}", gr.update(), None, None, None, None
+        for step in stream:
+            if step.image is not None:
+                live = render.image_grid(step.image)
+                frames.append(live)
+                thumbs.append(render.image_grid(step.image[:1], target=64, gap=0))
             if pipe.kind == "var":
                 tokens = render.var_token_view(step.tokens, colors)
-            else:
+            elif pipe.kind == "mar":
                 tokens = render.mar_token_view(step.mask, step.confidence, step.revealed)
-            frames.append(live)
-            thumbs.append(render.image_grid(step.image[:1], target=64, gap=0))
+            else:
+                tokens = render.latent_token_view(step.tokens, step.mask, step.revealed)
             rows.append([step.step + 1, step.patch_size if pipe.kind == "var" else int(step.revealed[0].sum()),
                          round(step.seconds * 1e3, 1)])
             progress((step.step + 1, step.num_steps), desc="generating",
                      unit="scales" if pipe.kind == "var" else "steps")
             status = status_line(pipe, step)
             if step.step + 1 < step.num_steps:
-                yield live, tokens, status, render.filmstrip(thumbs), None, None, None, None
+                shown = (live, render.filmstrip(thumbs)) if step.image is not None else (gr.update(), gr.update())
+                yield shown[0], tokens, status, shown[1], None, None, None, None
                 continue
             total = time.perf_counter() - t0  # the last step also carries the timings and the downloads
             rows.append(["total", "", round(total * 1e3, 1)])
@@ -262,7 +318,8 @@ def build_demo() -> gr.Blocks:
     spec, classes, all_sizes, own_sizes = initial_state()
     with gr.Blocks(title="edifice — watch MAR and VAR think") as demo:
         gr.Markdown("# edifice\nWatch image generators think: **VAR** paints coarse-to-fine, one scale at a time; "
-                    "**MAR** reveals a token map step by step, most confident first.")
+                    "**MAR** reveals a token map step by step: the discrete one most confident first, the paper's "
+                    "MAR (diffusion head) in a random order, each token drawn by a small diffusion model.")
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 model = gr.Dropdown(model_choices(), value=spec, label="Model", allow_custom_value=True,
@@ -278,14 +335,22 @@ def build_demo() -> gr.Blocks:
                         top_k = gr.Number(0, label="Top-k", precision=0, minimum=0, info="0 = off")
                         top_p = gr.Slider(0.0, 1.0, 0.0, step=0.01, label="Top-p", info="0 = off")
                     more_smooth = gr.Checkbox(False, label="More smooth (Gumbel soft codes)")
-                    preview = gr.Radio(["full", "fast"], value="full", label="Preview",
-                                       info="full: decode the whole latent after every scale (exact); fast: "
-                                            "decode each scale at its own size (cheaper, blocky)")
                 with gr.Group(visible=False) as mar_box:
                     steps = gr.Slider(1, 256, 16, step=1, label="Steps (MAR)")
                     schedule = gr.Radio(["cosine", "linear"], value="cosine", label="Schedule")
                     randomness = gr.Slider(0.0, 10.0, 0.0, step=0.5, label="Ranking randomness",
                                            info="Gumbel noise on the confidence ranking (MaskGIT), annealed")
+                    with gr.Column(visible=False) as diff_box:
+                        cfg_schedule = gr.Radio(["linear", "constant"], value="linear", label="CFG schedule",
+                                                info="linear: guidance ramps from 1 to CFG as tokens fill in")
+                        diffusion_steps = gr.Slider(2, 1000, 100, step=1, label="Diffusion steps",
+                                                    info="per token, by the diffusion head (authors: 100)")
+                        preview_every = gr.Slider(1, 64, 1, step=1, label="Preview every k steps",
+                                                  info="decoding a preview is the costly part on a CPU")
+                        wait_msg = gr.Markdown()
+                preview = gr.Radio(["full", "fast"], value="full", label="Preview",
+                                   info="full: decode the whole latent (exact); fast: decode a smaller latent "
+                                        "(cheaper, blurry or blocky); the final image is always exact")
                 temperature = gr.Slider(0.0, 2.0, 1.0, step=0.05, label="Temperature", info="0 = greedy")
                 cfg = gr.Slider(0.0, 10.0, 1.5, step=0.1, label="CFG")
                 with gr.Row():
@@ -302,7 +367,8 @@ def build_demo() -> gr.Blocks:
                     tokens = gr.Image(label="Tokens", type="pil", format="png", height=300, interactive=False)
                 gr.Markdown("**Tokens** — VAR: the current scale's token map, one colour per code (similar codes, "
                             "similar colours). MAR: dark = still hidden, colour = confidence of the chosen token "
-                            "(purple 0 → yellow 1), white outline = revealed in this step.", elem_classes="legend")
+                            "(purple 0 → yellow 1), white outline = revealed in this step. MAR with diffusion head: "
+                            "colour = the token's latent channels (fixed projection).", elem_classes="legend")
                 status = gr.Textbox(label="Status", interactive=False, elem_id="status")
                 strip = gr.Image(label="Filmstrip", type="pil", format="png", height=90, interactive=False)
                 timings = gr.Dataframe(headers=["step", "size / revealed", "ms"], label="Timings", interactive=False,
@@ -313,12 +379,16 @@ def build_demo() -> gr.Blocks:
                     png = gr.File(label="Final image (PNG)")
 
         controls = [info, class_name, var_box, mar_box, scales, steps, temperature, cfg, top_k, top_p, more_smooth,
-                    schedule, randomness]
+                    schedule, randomness, diff_box, cfg_schedule, diffusion_steps, preview_every]
         model.change(on_model_change, model, controls, api_name="select_model", show_progress_on=info)
         demo.load(on_model_change, model, controls, api_visibility="private", show_progress_on=info)
         scales.change(explain_scales, [model, scales], scale_msg, api_visibility="private", show_progress="hidden")
+        wait_inputs = [model, steps, diffusion_steps, cfg, num_images, preview, preview_every]
+        for control in wait_inputs[1:]:
+            control.change(expected_wait, wait_inputs, wait_msg, api_visibility="private", show_progress="hidden")
         run = go.click(generate, [model, class_name, scales, steps, temperature, top_k, top_p, cfg, more_smooth,
-                                  schedule, randomness, seed, randomize, num_images, preview],
+                                  schedule, randomness, seed, randomize, num_images, preview, cfg_schedule,
+                                  diffusion_steps, preview_every],
                        [live, tokens, status, strip, timings, gif, webp, png], api_name="generate",
                        concurrency_id="gpu", concurrency_limit=1, show_progress_on=status)
         stop.click(None, None, None, cancels=[run], api_visibility="private")

@@ -6,6 +6,8 @@
   coloured by a fixed 3-D projection (PCA) of the codebook, so similar codes get similar colours.
 - :func:`mar_token_view`: the MAR reveal map: hidden positions dark, revealed ones coloured by the
   confidence they were chosen with, the positions revealed in this step outlined in white.
+- :func:`latent_token_view`: the reveal map of MAR with diffusion head: unknown positions dark, known tokens
+  coloured by a fixed projection of their latent channels, the positions filled in this step outlined in white.
 - :func:`filmstrip`: thumbnails of all steps so far in one image (one payload per update, whatever the count).
 - :func:`save_animation`: the whole decode as an animated GIF or WebP, one frame per step.
 """
@@ -95,13 +97,32 @@ def mar_token_view(mask_BL: torch.Tensor, confidence_BL: torch.Tensor, revealed_
     """Reveal map of a MAR step: hidden = dark, revealed = confidence heat map, revealed now = white outline."""
     B, L = mask_BL.shape
     side = math.isqrt(L)
+    conf = confidence_BL.detach().float().cpu().numpy().reshape(B * L)
+    return _reveal_map(heat(conf).reshape(B, side, side, 3), mask_BL, revealed_BL, target, gap)
+
+
+def latent_token_view(tokens_BLC: torch.Tensor, mask_BL: torch.Tensor, revealed_BL: torch.Tensor,
+                      target: int = 256, gap: int = 4) -> Image.Image:
+    """Reveal map of a continuous-token MAR step: each known token's C channels projected on three fixed
+    directions (a seeded random orthonormal basis, the same for every step and run) and squashed by tanh, so
+    similar tokens get similar colours; unknown = dark, filled in this step = white outline."""
+    B, L, C = tokens_BLC.shape
+    side = math.isqrt(L)
+    basis_C3 = torch.linalg.qr(torch.randn(C, 3, generator=torch.Generator().manual_seed(0)))[0]
+    proj = tokens_BLC.detach().float().cpu() @ basis_C3 * math.sqrt(C / 3)
+    rgb = (proj.tanh().mul(0.5).add(0.5) * 215 + 40).round().byte().numpy()
+    return _reveal_map(rgb.reshape(B, side, side, 3), mask_BL, revealed_BL, target, gap)
+
+
+def _reveal_map(rgb_BSS3: np.ndarray, mask_BL: torch.Tensor, revealed_BL: torch.Tensor, target: int,
+                gap: int) -> Image.Image:
+    B, side = rgb_BSS3.shape[:2]
     k = upscale_factor(side, target)
-    conf = confidence_BL.detach().float().cpu().numpy().reshape(B, side, side)
     hidden = mask_BL.detach().cpu().numpy().reshape(B, side, side)
     new = revealed_BL.detach().cpu().numpy().reshape(B, side, side)
     tiles = []
     for b in range(B):
-        rgb = heat(conf[b])
+        rgb = rgb_BSS3[b].copy()
         rgb[hidden[b]] = HIDDEN_RGB
         img = Image.fromarray(np.kron(rgb, np.ones((k, k, 1), dtype=np.uint8)))
         if k >= 4:

@@ -1,7 +1,8 @@
 """The Gradio app, launched on 127.0.0.1 in this process, driven by gradio_client and by Debian's chromium.
 
-The app serves two small random-weight presets (tests/tiny_models.py): tiny-var (4 scales) and tiny-mar
-(64 tokens), so every run is fast on a CPU. A screenshot of the page lands in test-results/.
+The app serves small presets (tests/tiny_models.py): random-weight tiny-var (4 scales) and tiny-mar (64 tokens),
+and tiny-mar-diffusion (the golden official-format MAR, 16 tokens), so every run is fast on a CPU. A screenshot
+of the page lands in test-results/.
 """
 
 import concurrent.futures
@@ -23,7 +24,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 # /generate's parameters in order (every one has a default; tests name the ones they change)
 PARAMS = ["model", "class_name", "scales", "steps", "temperature", "top_k", "top_p", "cfg", "more_smooth",
-          "schedule", "randomness", "seed", "randomize_seed", "num_images", "preview"]
+          "schedule", "randomness", "seed", "randomize_seed", "num_images", "preview", "cfg_schedule",
+          "diffusion_steps", "preview_every"]
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +88,24 @@ def test_mar_streams_one_update_per_step(client):
     assert png(outs[-1]).shape == (32, 2 * 32 + 4, 3)  # two images side by side at native size, 4 px apart
 
 
+def test_mar_diffusion_says_the_wait_then_streams_every_step(client):
+    outs = run(client, model="tiny-mar-diffusion", class_name="3 · class 3", steps=8, cfg=2.0,
+               cfg_schedule="constant", diffusion_steps=5, preview_every=3, seed=2, num_images=2)
+    unchanged = {"__type__": "update"}  # gr.update(): the component keeps what it shows
+    assert outs[0][2].startswith("starting · expected wait ≈ ") and outs[0][0] == unchanged
+    assert [o[2].split(" · ")[0] for o in outs[1:]] == [f"step {k}/8" for k in range(1, 9)]
+    assert outs[-1][2].startswith("step 8/8 · 16/16 revealed · cfg 2.00") and "seed 2" in outs[-1][2]
+    # previews after steps 3 and 6 and the last: the live image changes only then
+    assert [o[0] != unchanged for o in outs[1:]] == [False, False, True, False, False, True, False, True]
+    assert all(o[1]["path"] for o in outs[1:])  # the token view changes every step
+    assert png(outs[-1]).shape == (64, 2 * 64 + 4, 3)
+    with Image.open(outs[-1][5]["path"]) as gif:
+        assert gif.n_frames == 3
+    again = run(client, model="tiny-mar-diffusion", class_name="3 · class 3", steps=8, cfg=2.0,
+                cfg_schedule="constant", diffusion_steps=5, preview_every=3, seed=2, num_images=2)
+    assert np.array_equal(png(again[-1]), png(outs[-1]))
+
+
 def test_seeds_repeat_and_differ(client):
     a = png(run(client, model="tiny-mar", steps=8, seed=5)[-1])
     b = png(run(client, model="tiny-mar", steps=8, seed=5)[-1])
@@ -98,6 +118,9 @@ def test_seeds_repeat_and_differ(client):
     (dict(model="tiny-mar", steps=65), "num_steps must be in 1..64"),
     (dict(model="tiny-mar", class_name="7"), "unknown class 7"),
     (dict(model="tiny-var", num_images=9), "greater than maximum value 4"),  # bounded by the slider itself
+    (dict(model="tiny-mar-diffusion", steps=17), "num_steps must be in 1..16"),
+    (dict(model="tiny-mar-diffusion", cfg=0.5), "cfg must be >= 1"),
+    (dict(model="tiny-mar-diffusion", diffusion_steps=1), "less than minimum value 2"),
     (dict(model="/etc"), "local path"),
     (dict(model="no-such-preset"), "neither a preset nor a Hub repo id"),
 ])
@@ -182,4 +205,31 @@ def test_browser_streams_frames_and_stops(app_url):
         assert stopped_at < 64
         page.wait_for_timeout(500)
         assert int(status.input_value().split("/")[0].removeprefix("step ")) == stopped_at
+        browser.close()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (.ci/run installs it)")
+def test_browser_mar_diffusion_controls_wait_and_steps(app_url):
+    """Picking MAR with diffusion head shows its controls and the expected wait, then streams all its steps."""
+    from playwright.sync_api import sync_playwright
+
+    RESULTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page.goto(app_url)
+        page.get_by_label("Steps (MAR)").first.wait_for()
+        model = page.get_by_label("Model")
+        model.fill("tiny-mar-diffusion")
+        model.press("Enter")
+        page.get_by_label("Diffusion steps").first.wait_for()
+        page.get_by_text("Expected wait ≈").wait_for(timeout=30_000)
+        assert not page.get_by_label("Ranking randomness").first.is_visible()
+        page.get_by_role("button", name="Generate").click()
+        status = page.get_by_label("Status")
+        page.wait_for_function("() => document.querySelector('#status textarea').value.includes('done')",
+                               timeout=60_000, polling=20)
+        assert status.input_value().startswith("step 8/8 · 16/16 revealed")
+        assert page.locator("#live img").count() == 1
+        page.screenshot(path=str(RESULTS / "app-mar-diffusion.png"), full_page=True)
         browser.close()

@@ -1,13 +1,17 @@
-"""Small random-weight checkpoints for app tests: a VAR with 4 scales and a MAR over 8x8 = 64 tokens, both 32 px
-with 3 classes, saved in the edifice format and registered as presets through an ``EDIFICE_PRESETS`` file, so
-the app loads them like any preset."""
+"""Small checkpoints for app tests, saved in the edifice format and registered as presets through an
+``EDIFICE_PRESETS`` file, so the app loads them like any preset: random-weight tiny-var (4 scales) and tiny-mar
+(8x8 = 64 tokens), both 32 px with 3 classes, and tiny-mar-diffusion, the official-format golden MAR (4x4 = 16
+tokens, 64 px, 10 classes) converted."""
 
 import json
 from pathlib import Path
 
 import torch
 
-from edifice import MAR, VAR, VQVAE, MARConfig, MARPipeline, VARConfig, VARPipeline, VQVAEConfig
+from edifice import MAR, VAR, VQVAE, MARConfig, MARPipeline, VARConfig, VARPipeline, VQVAEConfig, load_official_mar
+from edifice.generative.mar_diffusion import DiffusionMARPipeline
+
+MAR_FIX = Path(__file__).parent / "fixtures" / "mar"
 
 CLASSES = ["circle", "square", "triangle"]
 
@@ -28,10 +32,19 @@ def tiny_mar() -> MARPipeline:
     return MARPipeline(tok, mar, CLASSES, defaults=dict(num_steps=8, cfg=1.0, temperature=1.0))
 
 
+def tiny_mar_diffusion() -> DiffusionMARPipeline:
+    pipe = load_official_mar(MAR_FIX / "tiny_kl16.safetensors", MAR_FIX / "tiny_mar_checkpoint-last.pth",
+                             device="cpu", encoder_num_heads=4, decoder_num_heads=3)
+    pipe.defaults = dict(num_steps=8, num_sampling_steps=10, cfg=2.0, cfg_schedule="linear", temperature=1.0)
+    return pipe
+
+
 def write_presets(folder: Path) -> Path:
-    """Save both checkpoints under ``folder`` and return a presets file naming them tiny-var / tiny-mar."""
+    """Save the checkpoints under ``folder`` and return a presets file naming them tiny-var / tiny-mar /
+    tiny-mar-diffusion."""
     entries = {}
-    for name, pipe in (("tiny-var", tiny_var()), ("tiny-mar", tiny_mar())):
+    pipes = {"tiny-var": tiny_var(), "tiny-mar": tiny_mar(), "tiny-mar-diffusion": tiny_mar_diffusion()}
+    for name, pipe in pipes.items():
         pipe.save_pretrained(folder / name)
         entries[name] = {"kind": pipe.kind, "source": "folder", "path": str(folder / name),
                          "description": "random weights, for tests"}
