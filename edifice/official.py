@@ -224,7 +224,8 @@ def infer_mar_diffusion_config(sd: dict, vae_cfg: KLVAEConfig, **overrides) -> D
         key = f"{side}_num_heads"
         if key not in overrides and width not in HEADS_BY_WIDTH:
             raise CheckpointError(f"cannot tell the attention heads of a {width}-wide MAR {side} (the official "
-                                  f"widths are {sorted(HEADS_BY_WIDTH)}); pass {key}=...")
+                                  f"widths are {sorted(HEADS_BY_WIDTH)}); pass encoder_num_heads= and "
+                                  "decoder_num_heads= (command line: --mar-heads ENC DEC)")
         fields[key] = overrides.get(key, HEADS_BY_WIDTH.get(width))
     return DiffusionMARConfig(**{**fields, **overrides})
 

@@ -12,6 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import edifice
+from edifice import presets
+from edifice.__main__ import main
 from edifice.errors import CheckpointError
 from edifice.generative import diffusion
 from edifice.generative.mar_diffusion import DiffusionMAR, cfg_scale, mask_lengths, stream_tokens
@@ -63,7 +65,7 @@ def test_config_inferred_from_the_files(pipe):
 
 
 def test_heads_of_an_unofficial_width_must_be_given():
-    with pytest.raises(CheckpointError, match=r"attention heads of a 32-wide MAR encoder .* encoder_num_heads"):
+    with pytest.raises(CheckpointError, match=r"attention heads of a 32-wide MAR encoder .* --mar-heads ENC DEC"):
         load_official_mar(VAE, CKPT, device="cpu")
 
 
@@ -303,3 +305,56 @@ def test_stream_tokens_runs_on_the_model_alone(pipe):
     steps = list(stream_tokens(pipe.model, labels=0, num_steps=2, num_sampling_steps=2, seed=0))
     assert len(steps) == 2 and steps[-1].image is None and steps[-1].tokens.shape == (1, 16, 16)
     assert math.isfinite(steps[-1].tokens.abs().max().item())
+
+
+# -- command line and presets ---------------------------------------------------------------------------------------
+def golden_images(st):
+    """it4_cfg1's decoded image mapped to [0, 1] as the pipeline returns it."""
+    return st["it4_cfg1.image"].add(1).div(2).clamp(0, 1)
+
+
+IT4 = dict(labels=[3, 7], batch_size=2, num_steps=4, cfg=1.0, temperature=1.0, num_sampling_steps=20, seed=0)
+
+
+def test_convert_command(tmp_path, st, capsys):
+    out = tmp_path / "mar"
+    args = ["convert", "--mar-vae", str(VAE), "--mar", str(CKPT), "--out", str(out)]
+    assert main(args) == 1
+    assert "--mar-heads ENC DEC" in capsys.readouterr().err
+    assert main(args + ["--mar-heads", "4", "3"]) == 0
+    pipe = edifice.load(out, device="cpu")
+    assert pipe.kind == "mar-diffusion"
+    close(pipe.generate(**IT4), golden_images(st), **SAMPLE_TOL)
+
+
+def test_official_preset_through_the_hub(fake_hub, st):
+    """An "official-mar" preset: both files fetched once from the (fake) Hub at the pinned commit, the
+    preset's config supplies the heads, its defaults apply, and the images are the official ones."""
+    commit = fake_hub.add_commit("edifice-test/mar-tiny", {"kl16.safetensors": VAE.read_bytes(),
+                                                           "checkpoint-last.pth": CKPT.read_bytes()})
+    fake_hub.add_commit("edifice-test/mar-tiny", {"kl16.safetensors": b"newer, broken"})  # main moved on
+    presets.register("test-mar-tiny", kind="mar-diffusion", source="official-mar", repo="edifice-test/mar-tiny",
+                     revision=commit, files={"vae": "kl16.safetensors", "mar": "checkpoint-last.pth"},
+                     config=HEADS, defaults={k: v for k, v in IT4.items() if k not in ("labels", "batch_size")})
+    try:
+        pipe = edifice.load("test-mar-tiny", device="cpu")
+        got = sorted(p.rsplit("/", 1)[1] for m, p in fake_hub.requests if m == "GET" and "/resolve/" in p)
+        assert got == ["checkpoint-last.pth", "kl16.safetensors"]
+        close(pipe.generate(labels=[3, 7], batch_size=2), golden_images(st), **SAMPLE_TOL)
+        with pytest.raises(CheckpointError, match="preset 'test-mar-tiny' is a MAR-DIFFUSION model, not VAR"):
+            edifice.load("test-mar-tiny", kind="var")
+    finally:
+        presets.unregister("test-mar-tiny")
+
+
+def test_presets_point_at_the_authors_files():
+    table = presets.presets()
+    base, large, huge = table["mar-base"], table["mar-large"], table["mar-huge"]
+    assert base.files == {"vae": "kl16.ckpt", "mar": "checkpoint-last.pth"}  # EMA weights: see presets.py
+    assert base.revision == "773c9bdcd98740c7b876ce0d66f684a0e2468990"
+    assert large.files["mar"] == "mar-large.safetensors" and huge.files["vae"] == "kl16.safetensors"
+    assert [p.defaults["cfg"] for p in (base, large, huge)] == [2.9, 3.0, 3.2]
+    for p in (base, large, huge):
+        assert p.kind == "mar-diffusion" and p.classes == "imagenet"
+        assert {k: p.defaults[k] for k in ("num_steps", "num_sampling_steps", "cfg_schedule", "temperature")} == {
+            "num_steps": 256, "num_sampling_steps": 100, "cfg_schedule": "linear", "temperature": 1.0}
