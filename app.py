@@ -33,8 +33,9 @@ from edifice.errors import EdificeError
 
 MAX_IMAGES = 4
 MAX_LOADED = 2  # pipelines kept in memory
-# MAR with diffusion head on a CPU: the authors' 256 steps x 100 diffusion steps take most of an hour for MAR-B
-# on 2 cores, so the controls start lower there (the user can raise them; the page states the expected wait).
+# MAR with diffusion head on a CPU: the authors' 256 steps x 100 diffusion steps take about 12 minutes for MAR-B
+# on 2 cores, so the controls start lower there, about a minute (the user can raise them; the page states the
+# expected wait).
 CPU_MAR_STEPS, CPU_DIFFUSION_STEPS = 32, 25
 KIND_NAMES = {"var": "VAR", "mar": "MAR (discrete)", "mar-diffusion": "MAR (diffusion head)"}
 PREVIEWS = 16  # MAR with diffusion head: default preview interval = steps / PREVIEWS (decoding is the costly part)

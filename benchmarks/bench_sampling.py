@@ -5,8 +5,17 @@ also the KV-cache path against a no-cache recompute of the same model (every sca
 prefix with the block-causal mask).
 
     python benchmarks/bench_sampling.py [--models emoji-var,emoji-mar] [--dtypes fp32,bf16] [--repeats 3]
+    python benchmarks/bench_sampling.py --models random:var-d16,random:mar-b --batches 1 --repeats 1 \
+        --mar-steps 16 --diffusion-steps 25 --out sampling-official-size
 
-Prints the machine, torch version and dtype with every table and writes benchmarks/results/sampling.json.
+Models: presets, folders or Hub ids, or ``random:NAME``, a randomly initialised model of an official size
+(nothing to download): ``var-d16``, ``var-d30`` (VAR with the official VQ-VAE), ``mar-b-discrete`` (the
+discrete MAR at MAR-B's size: 24 blocks of 768 over a 16x16 map of 4096 codes) and ``mar-b`` (the official
+MAR-B with its diffusion head and the KL-16 VAE; the head's output layer is zeroed as in the official init, so
+the random sampler stays finite). Timings do not depend on the weights' values. MAR with diffusion head uses
+``--mar-steps`` AR steps and ``--diffusion-steps`` diffusion steps.
+
+Prints the machine, torch version and dtype with every table and writes benchmarks/results/<--out>.json.
 Each number is the median of ``--repeats`` runs after one warm-up run.
 """
 
@@ -27,7 +36,11 @@ sys.path.insert(0, str(ROOT))
 from report import save_report  # noqa: E402
 
 import edifice  # noqa: E402
+from edifice import loading  # noqa: E402
+from edifice.generative import mar, mar_diffusion, var  # noqa: E402
 from edifice.generative.var import VAR, resolve_labels  # noqa: E402
+from edifice.tokenizers.klvae import KLVAE  # noqa: E402
+from edifice.tokenizers.vqvae import VQVAE, VQVAEConfig  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -81,12 +94,40 @@ def timed_generate(pipe, **kw) -> float:
     return time.perf_counter() - t0
 
 
-def bench(spec: str, dtype_name: str, repeats: int) -> list[dict]:
-    pipe = edifice.load(spec, dtype=dtype_name)
-    kw_model = dict(num_steps=16) if pipe.kind == "mar" else {}
+def random_model(name: str):
+    """A randomly initialised pipeline of an official size (see the module docstring), on the CPU in fp32."""
+    rec = var.recommended_defaults()
+    if name in ("var-d16", "var-d30"):
+        depth = int(name[-2:])
+        model = dict(rec["model"], hidden_size=64 * depth, num_layers=depth, num_heads=depth)
+        return var.VARPipeline(var.build_tokenizer(**rec["tokenizer"]), var.build(**model),
+                               defaults=rec["sampling"])
+    if name == "mar-b-discrete":
+        tok = VQVAE(VQVAEConfig(vocab_size=4096, z_channels=32, ch=160, patch_nums=(16,)))
+        model = mar.MAR(mar.MARConfig(vocab_size=4097, embed_dim=768, num_layers=24, num_heads=12, seq_len=256,
+                                      num_classes=1000, dropout=0.0))
+        return mar.MARPipeline(tok, model, defaults=dict(num_steps=16, cfg=3.0, temperature=1.0))
+    if name == "mar-b":
+        model = mar_diffusion.DiffusionMAR(mar_diffusion.CONFIGS["mar_base"])
+        torch.nn.init.zeros_(model.diffloss.net.final_layer.linear.weight)
+        return mar_diffusion.DiffusionMARPipeline(KLVAE(), model, defaults=dict(cfg=2.9, cfg_schedule="linear"))
+    raise SystemExit(f"unknown random model {name!r}: var-d16, var-d30, mar-b-discrete, mar-b")
+
+
+def make(spec: str, dtype_name: str):
+    if spec.startswith("random:"):
+        return loading.place(random_model(spec.removeprefix("random:")), "auto", dtype_name)
+    return edifice.load(spec, dtype=dtype_name)
+
+
+def bench(spec: str, dtype_name: str, repeats: int, batches=(1, 8), mar_steps: int = 64,
+          diffusion_steps: int = 100) -> list[dict]:
+    pipe = make(spec, dtype_name)
+    kw_model = {"mar": dict(num_steps=16), "var": {},
+                "mar-diffusion": dict(num_steps=mar_steps, num_sampling_steps=diffusion_steps)}[pipe.kind]
     modes = ("full", "fast")
     rows = []
-    for batch in (1, 8):
+    for batch in batches:
         kw = dict(labels=list(range(batch)), seed=0, **kw_model)
         timed_generate(pipe, **kw)  # warm-up
         plain = median(timed_generate(pipe, **kw) for _ in range(repeats))
@@ -95,7 +136,7 @@ def bench(spec: str, dtype_name: str, repeats: int) -> list[dict]:
             runs = [timed_stream(pipe, preview=mode, **kw) for _ in range(repeats)]
             total, steps = median(r[1] for r in runs), len(runs[0][2])
             rows.append({"model": spec, "kind": pipe.kind, "dtype": dtype_name, "batch": batch,
-                         "preview": mode, "steps": steps,
+                         "preview": mode, "steps": steps, "settings": kw_model,
                          "first_record_s": median(r[0] for r in runs), "total_s": total, "plain_s": plain,
                          "per_image_s": total / batch, "per_step_ms": 1e3 * total / steps,
                          "streaming_overhead": total / plain})
@@ -117,12 +158,12 @@ def machine() -> str:
 
 def print_table(rows: list[dict], header: str) -> None:
     print(f"\n{header}")
-    print(f"{'model':<10} {'dtype':<5} {'B':>2} {'preview':<7} {'steps':>5} {'first (ms)':>10} {'stream (s)':>10} "
+    print(f"{'model':<22} {'dtype':<5} {'B':>2} {'preview':<7} {'steps':>5} {'first (ms)':>10} {'stream (s)':>10} "
           f"{'plain (s)':>9} {'/image (s)':>10} {'/step (ms)':>10} {'overhead':>8} {'kv cache / recompute (s)':>25}")
     for r in rows:
         kv = f"{r['kv_cache_s']:.3f} / {r['recompute_s']:.3f} ({r['recompute_over_kv_cache']:.2f}x)" \
             if "kv_cache_s" in r else ""
-        print(f"{r['model']:<10} {r['dtype']:<5} {r['batch']:>2} {r['preview']:<7} {r['steps']:>5} "
+        print(f"{r['model']:<22} {r['dtype']:<5} {r['batch']:>2} {r['preview']:<7} {r['steps']:>5} "
               f"{1e3 * r['first_record_s']:>10.1f} {r['total_s']:>10.3f} {r['plain_s']:>9.3f} "
               f"{r['per_image_s']:>10.3f} {r['per_step_ms']:>10.1f} {r['streaming_overhead']:>7.2f}x {kv:>25}")
 
@@ -132,13 +173,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--models", default="emoji-var,emoji-mar")
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--mar-steps", type=int, default=64, help="AR steps of MAR with diffusion head")
+    ap.add_argument("--diffusion-steps", type=int, default=100, help="its diffusion steps")
+    ap.add_argument("--out", default="sampling", help="name of the JSON report in benchmarks/results/")
     args = ap.parse_args(argv)
+    batches = tuple(int(b) for b in args.batches.split(","))
     all_rows = []
     for dtype_name in args.dtypes.split(","):
-        rows = [r for spec in args.models.split(",") for r in bench(spec, dtype_name, args.repeats)]
+        rows = [r for spec in args.models.split(",")
+                for r in bench(spec, dtype_name, args.repeats, batches, args.mar_steps, args.diffusion_steps)]
         print_table(rows, f"{machine()} · dtype {dtype_name} (generator; tokenizer fp32)")
         all_rows += rows
-    return save_report("sampling", machine(), all_rows)
+    return save_report(args.out, machine(), all_rows)
 
 
 if __name__ == "__main__":

@@ -134,16 +134,23 @@ def var_from_state_dicts(vae_sd: dict, var_sd: dict, device=None, dtype=None,
     if vae_cfg.vocab_size != var_cfg.vocab_size or vae_cfg.z_channels != var_cfg.z_channels:
         raise CheckpointError(f"the VQ-VAE (codebook {vae_cfg.vocab_size}x{vae_cfg.z_channels}) does not match "
                               f"the transformer (vocabulary {var_cfg.vocab_size}, latent {var_cfg.z_channels})")
-    with torch.device("meta"):
-        vae, var = VQVAE(vae_cfg), VAR(var_cfg)
-    vae.load_state_dict(vae_sd, strict=True, assign=True)
-    var.load_state_dict(var_sd, strict=True, assign=True)
+    return _assemble(VARPipeline, (VQVAE, vae_cfg, vae_sd), (VAR, var_cfg, var_sd), device, dtype, class_names,
+                     defaults)
+
+
+def _assemble(pipeline, tokenizer: tuple, model: tuple, device, dtype, class_names, defaults):
+    """``pipeline(tokenizer, model)`` from (module class, config, state dict) pairs: each module built on the
+    meta device and its tensors assigned (strict), then moved; ``dtype`` goes to the generator's ``cast``."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    vae.to(device)
-    var.to(device)
+    modules = []
+    for cls, cfg, sd in (tokenizer, model):
+        with torch.device("meta"):
+            module = cls(cfg)
+        module.load_state_dict(sd, strict=True, assign=True)
+        modules.append(module.to(device))
     if dtype is not None and dtype != torch.float32:
-        var.cast(dtype)
-    return VARPipeline(vae, var, class_names=class_names, defaults=defaults)
+        modules[1].cast(dtype)
+    return pipeline(*modules, class_names=class_names, defaults=defaults)
 
 
 def load_official_var(vae_path, var_path, device=None, dtype=None) -> VARPipeline:
@@ -237,16 +244,8 @@ def mar_from_state_dicts(vae_sd: dict, mar_sd: dict, device=None, dtype=None, cl
     vae_cfg = infer_klvae_config(vae_sd)
     mar_cfg = infer_mar_diffusion_config(mar_sd, vae_cfg, **config)
     vae_cfg.image_size = mar_cfg.img_size
-    with torch.device("meta"):
-        vae, mar = KLVAE(vae_cfg), DiffusionMAR(mar_cfg)
-    vae.load_state_dict(vae_sd, strict=True, assign=True)
-    mar.load_state_dict(mar_sd, strict=True, assign=True)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    vae.to(device)
-    mar.to(device)
-    if dtype is not None and dtype != torch.float32:
-        mar.cast(dtype)
-    return DiffusionMARPipeline(vae, mar, class_names=class_names, defaults=defaults)
+    return _assemble(DiffusionMARPipeline, (KLVAE, vae_cfg, vae_sd), (DiffusionMAR, mar_cfg, mar_sd), device, dtype,
+                     class_names, defaults)
 
 
 def load_official_mar(vae_path, mar_path, device=None, dtype=None, **config) -> DiffusionMARPipeline:

@@ -6,6 +6,7 @@ of the page lands in test-results/.
 """
 
 import concurrent.futures
+import contextlib
 import os
 import shutil
 import time
@@ -169,16 +170,28 @@ def test_four_clients_at_once_all_finish(app_url):
         assert sorted(pool.map(one, range(4))) == [4, 4, 8, 8]
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (.ci/run installs it)")
-def test_browser_streams_frames_and_stops(app_url):
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                    reason="Debian chromium is not installed (.ci/run installs it)")
+
+
+@contextlib.contextmanager
+def browser_page(app_url, height: int):
+    """A chromium page on the app, loaded (its default model's controls shown)."""
     from playwright.sync_api import sync_playwright
 
     RESULTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": height})
         page.goto(app_url)
         page.get_by_label("Steps (MAR)").first.wait_for()
+        yield page
+        browser.close()
+
+
+@needs_chromium
+def test_browser_streams_frames_and_stops(app_url):
+    with browser_page(app_url, 1000) as page:
         page.get_by_label("Steps (MAR)").first.fill("64")
         page.get_by_label("Steps (MAR)").first.press("Enter")
         live = page.locator("#live img")
@@ -205,20 +218,12 @@ def test_browser_streams_frames_and_stops(app_url):
         assert stopped_at < 64
         page.wait_for_timeout(500)
         assert int(status.input_value().split("/")[0].removeprefix("step ")) == stopped_at
-        browser.close()
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (.ci/run installs it)")
+@needs_chromium
 def test_browser_mar_diffusion_controls_wait_and_steps(app_url):
     """Picking MAR with diffusion head shows its controls and the expected wait, then streams all its steps."""
-    from playwright.sync_api import sync_playwright
-
-    RESULTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1200})
-        page.goto(app_url)
-        page.get_by_label("Steps (MAR)").first.wait_for()
+    with browser_page(app_url, 1200) as page:
         model = page.get_by_label("Model")
         model.fill("tiny-mar-diffusion")
         model.press("Enter")
@@ -232,4 +237,3 @@ def test_browser_mar_diffusion_controls_wait_and_steps(app_url):
         assert status.input_value().startswith("step 8/8 · 16/16 revealed")
         assert page.locator("#live img").count() == 1
         page.screenshot(path=str(RESULTS / "app-mar-diffusion.png"), full_page=True)
-        browser.close()

@@ -22,6 +22,7 @@ from a second generator with the same seed, which leaves the diffusion draws unt
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -406,7 +407,8 @@ class DiffusionMARPipeline(Pipeline):
             raise ValueError(f"the VAE has stride {tokenizer.cfg.stride} but the model expects "
                              f"{model.cfg.vae_stride}")
         super().__init__(tokenizer, model, class_names, defaults)
-        self._timings: dict = {}  # estimate_seconds' measurements
+        self._timings: dict = {}  # estimate_seconds' measurements, taken one at a time
+        self._timing_lock = threading.Lock()
 
     @property
     def image_size(self) -> int:
@@ -478,11 +480,12 @@ class DiffusionMARPipeline(Pipeline):
         return seconds
 
     def _timed(self, key, fn: Callable[[], None]) -> float:
-        if key not in self._timings:
-            fn()  # warm-up: the first call pays for allocations and kernel selection
-            t0 = time.perf_counter()
-            fn()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self._timings[key] = time.perf_counter() - t0
-        return self._timings[key]
+        with self._timing_lock:  # concurrent callers (the app's change events) wait for one measurement
+            if key not in self._timings:
+                fn()  # warm-up: the first call pays for allocations and kernel selection
+                t0 = time.perf_counter()
+                fn()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self._timings[key] = time.perf_counter() - t0
+            return self._timings[key]
