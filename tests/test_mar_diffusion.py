@@ -358,3 +358,16 @@ def test_presets_point_at_the_authors_files():
         assert p.kind == "mar-diffusion" and p.classes == "imagenet"
         assert {k: p.defaults[k] for k in ("num_steps", "num_sampling_steps", "cfg_schedule", "temperature")} == {
             "num_steps": 256, "num_sampling_steps": 100, "cfg_schedule": "linear", "temperature": 1.0}
+
+
+def test_bf16_transformer_keeps_the_diffusion_head_and_vae_in_fp32(g):
+    fp32 = load_official_mar(VAE, CKPT, device="cpu", **HEADS)
+    pipe = edifice.loading.place(load_official_mar(VAE, CKPT, device="cpu", **HEADS), "cpu", "bf16")
+    assert pipe.model.encoder_blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert pipe.model.diffloss.net.input_proj.weight.dtype == torch.float32
+    assert pipe.tokenizer.decoder.conv_out.weight.dtype == torch.float32
+    mask, emb = g["mar.partial.mask"], g["mar.class_embedding"]
+    z16, z32 = pipe.model(g["mar.tokens"], mask, emb).float(), fp32.model(g["mar.tokens"], mask, emb)
+    assert (z16 - z32).abs().max() < 0.05 * z32.abs().max()  # bf16 rounding, not a different computation
+    steps = list(pipe.stream(labels=[1, 2], batch_size=2, num_steps=4, cfg=2.0, num_sampling_steps=5, seed=0))
+    assert steps[-1].tokens.dtype == torch.float32 and torch.isfinite(steps[-1].image).all()
