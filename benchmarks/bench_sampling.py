@@ -16,7 +16,7 @@ the random sampler stays finite). Timings do not depend on the weights' values. 
 ``--mar-steps`` AR steps and ``--diffusion-steps`` diffusion steps.
 
 Prints the machine, torch version and dtype with every table and writes benchmarks/results/<--out>.json.
-Each number is the median of ``--repeats`` runs after one warm-up run.
+Each number is the median of ``--repeats`` runs after one warm-up run (``--no-warmup``: none).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def make(spec: str, dtype_name: str):
 
 
 def bench(spec: str, dtype_name: str, repeats: int, batches=(1, 8), mar_steps: int = 64,
-          diffusion_steps: int = 100) -> list[dict]:
+          diffusion_steps: int = 100, warmup: bool = True) -> list[dict]:
     pipe = make(spec, dtype_name)
     kw_model = {"mar": dict(num_steps=16), "var": {},
                 "mar-diffusion": dict(num_steps=mar_steps, num_sampling_steps=diffusion_steps)}[pipe.kind]
@@ -129,10 +129,12 @@ def bench(spec: str, dtype_name: str, repeats: int, batches=(1, 8), mar_steps: i
     rows = []
     for batch in batches:
         kw = dict(labels=list(range(batch)), seed=0, **kw_model)
-        timed_generate(pipe, **kw)  # warm-up
+        if warmup:
+            timed_generate(pipe, **kw)
         plain = median(timed_generate(pipe, **kw) for _ in range(repeats))
         for mode in modes:
-            timed_stream(pipe, preview=mode, **kw)  # warm-up
+            if warmup:
+                timed_stream(pipe, preview=mode, **kw)
             runs = [timed_stream(pipe, preview=mode, **kw) for _ in range(repeats)]
             total, steps = median(r[1] for r in runs), len(runs[0][2])
             rows.append({"model": spec, "kind": pipe.kind, "dtype": dtype_name, "batch": batch,
@@ -177,12 +179,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--mar-steps", type=int, default=64, help="AR steps of MAR with diffusion head")
     ap.add_argument("--diffusion-steps", type=int, default=100, help="its diffusion steps")
     ap.add_argument("--out", default="sampling", help="name of the JSON report in benchmarks/results/")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up runs (for runs of many seconds)")
     args = ap.parse_args(argv)
     batches = tuple(int(b) for b in args.batches.split(","))
     all_rows = []
     for dtype_name in args.dtypes.split(","):
         rows = [r for spec in args.models.split(",")
-                for r in bench(spec, dtype_name, args.repeats, batches, args.mar_steps, args.diffusion_steps)]
+                for r in bench(spec, dtype_name, args.repeats, batches, args.mar_steps, args.diffusion_steps,
+                               not args.no_warmup)]
         print_table(rows, f"{machine()} · dtype {dtype_name} (generator; tokenizer fp32)")
         all_rows += rows
     return save_report(args.out, machine(), all_rows)
