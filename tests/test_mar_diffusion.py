@@ -371,3 +371,12 @@ def test_bf16_transformer_keeps_the_diffusion_head_and_vae_in_fp32(g):
     assert (z16 - z32).abs().max() < 0.05 * z32.abs().max()  # bf16 rounding, not a different computation
     steps = list(pipe.stream(labels=[1, 2], batch_size=2, num_steps=4, cfg=2.0, num_sampling_steps=5, seed=0))
     assert steps[-1].tokens.dtype == torch.float32 and torch.isfinite(steps[-1].image).all()
+
+
+def test_expected_wait_follows_the_settings(pipe):
+    few = pipe.estimate_seconds(num_steps=4, num_sampling_steps=10, cfg=2.0, preview=False)
+    assert 0 < few < pipe.estimate_seconds(num_steps=16, num_sampling_steps=10, cfg=2.0, preview=False)
+    assert few < pipe.estimate_seconds(num_steps=4, num_sampling_steps=500, cfg=2.0, preview=False)
+    assert few < pipe.estimate_seconds(num_steps=4, num_sampling_steps=10, cfg=2.0, preview=True, preview_every=1)
+    with pytest.raises(ValueError, match="num_sampling_steps must be in 2..1000"):
+        pipe.estimate_seconds(num_steps=4, num_sampling_steps=1)
