@@ -349,9 +349,10 @@ def build_demo() -> gr.Blocks:
                         preview_every = gr.Slider(1, 64, 1, step=1, label="Preview every k steps",
                                                   info="decoding a preview is the costly part on a CPU")
                         wait_msg = gr.Markdown()
-                preview = gr.Radio(["full", "fast"], value="full", label="Preview",
+                preview = gr.Radio(["full", "fast", "latent"], value="full", label="Preview",
                                    info="full: decode the whole latent (exact); fast: decode a smaller latent "
-                                        "(cheaper, blurry or blocky); the final image is always exact")
+                                        "(cheaper, blurry or blocky); latent: colours from a linear map of the "
+                                        "latent (nearly free, no detail); the final image is always exact")
                 temperature = gr.Slider(0.0, 2.0, 1.0, step=0.05, label="Temperature", info="0 = greedy")
                 cfg = gr.Slider(0.0, 10.0, 1.5, step=0.1, label="CFG")
                 with gr.Row():

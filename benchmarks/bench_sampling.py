@@ -1,6 +1,6 @@
 """Sampling speed of the streamed decode: time to the first record, per step and per image, and the
 streaming overhead (streamed with a preview at every step / a plain ``generate``, which decodes the final image
-once), at batch 1 and 8, in each dtype, with full and fast previews; for VAR
+once), at batch 1 and 8, in each dtype, with full, fast and latent previews; for VAR
 also the KV-cache path against a no-cache recompute of the same model (every scale re-runs the whole
 prefix with the block-causal mask).
 
@@ -125,7 +125,7 @@ def bench(spec: str, dtype_name: str, repeats: int, batches=(1, 8), mar_steps: i
     pipe = make(spec, dtype_name)
     kw_model = {"mar": dict(num_steps=16), "var": {},
                 "mar-diffusion": dict(num_steps=mar_steps, num_sampling_steps=diffusion_steps)}[pipe.kind]
-    modes = ("full", "fast")
+    modes = ("full", "fast", "latent")
     rows = []
     for batch in batches:
         kw = dict(labels=list(range(batch)), seed=0, **kw_model)

@@ -1,9 +1,9 @@
-"""Full and fast previews side by side: every streamed frame of one generation per mode and model, and the time
+"""Full, fast and latent previews side by side: every streamed frame of one generation per mode and model, and the time
 each run took, as one picture for the README.
 
     python benchmarks/preview_compare.py [--models emoji-var,emoji-mar] [--seed 3] [--repeats 5]
 
-Writes benchmarks/results/preview_full_vs_fast.png (a row of frames per model and mode, labelled with the
+Writes benchmarks/results/preview_modes.png (a row of frames per model and mode, labelled with the
 median streamed time) and benchmarks/results/preview_compare.json.
 """
 
@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     rows, strips = [], []
     for spec in args.models.split(","):
         pipe = edifice.load(spec, device="cpu")
-        for mode in ("full", "fast"):
+        for mode in ("full", "fast", "latent"):
             frames, seconds = frames_and_time(pipe, mode, args.seed, args.repeats)
             rows.append({"model": spec, "preview": mode, "frames": len(frames), "streamed_s": seconds})
             strips.append((f"{spec} · {mode}\n{seconds * 1e3:.0f} ms streamed", render.filmstrip(frames, 16)))
@@ -63,7 +63,7 @@ def main(argv=None) -> dict:
         sheet.paste(strip, (LABEL_W, y))
         y += strip.height + 8
     RESULTS.mkdir(parents=True, exist_ok=True)
-    sheet.save(RESULTS / "preview_full_vs_fast.png")
+    sheet.save(RESULTS / "preview_modes.png")
     return save_report("preview_compare", machine(), rows)
 
 

@@ -15,13 +15,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-PREVIEW_MODES = (True, False, None, "full", "fast")
+PREVIEW_MODES = (True, False, None, "full", "fast", "latent")
 
 
 def check_preview(preview) -> None:
-    """``preview``: True / "full" (exact), "fast" (a smaller latent decoded, blocky), False / None (no images)."""
+    """``preview``: True / "full" (exact), "fast" (a smaller latent decoded, blocky), "latent" (a linear
+    latent -> RGB map, near-free, colours only; see :mod:`edifice.tokenizers.latent_rgb`), False / None (no
+    images). The last step is always decoded exactly."""
     if preview not in PREVIEW_MODES:
-        raise ValueError(f"preview must be True/'full', 'fast' or False, got {preview!r}")
+        raise ValueError(f"preview must be True/'full', 'fast', 'latent' or False, got {preview!r}")
 
 
 class Pipeline:

@@ -47,3 +47,22 @@ def test_emoji_mar(emoji_mar):
     steps = list(p.stream(labels=[6], num_steps=16, seed=0))
     assert len(steps) == 16 and not steps[-1].mask.any() and steps[-1].image.shape == (1, 3, 64, 64)
     assert steps[-1].image.std() > 0.1
+
+
+def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
+
+
+@pytest.mark.parametrize("model", ["emoji_var", "emoji_mar"])
+def test_latent_previews_follow_the_exact_decode(model, request):
+    """preview="latent" (a linear latent -> RGB map fitted to the decoder) is close in colour to the exact
+    decode of the same step, at latent resolution, and the last frame is exact."""
+    import torch.nn.functional as F
+
+    pipe = request.getfixturevalue(model)
+    kw = dict(labels=[2, 6], batch_size=2, seed=1, **({"num_steps": 8} if pipe.kind == "mar" else {}))
+    latent, full = list(pipe.stream(preview="latent", **kw)), list(pipe.stream(preview="full", **kw))
+    assert torch.equal(latent[-1].image, full[-1].image)
+    h = pipe.image_size // 8
+    for a, b in list(zip(latent, full, strict=True))[len(latent) // 2:-1]:
+        assert _corr(F.adaptive_avg_pool2d(a.image, h), F.adaptive_avg_pool2d(b.image, h)) > 0.7

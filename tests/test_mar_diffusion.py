@@ -265,12 +265,16 @@ def test_random_labels_leave_the_diffusion_draws_alone(pipe):
     assert torch.equal(first.tokens, again.tokens)
 
 
-def test_fast_preview_is_cheaper_and_the_last_frame_exact(pipe):
-    fast = list(pipe.stream(labels=1, num_steps=3, num_sampling_steps=3, seed=0, preview="fast"))
+@pytest.mark.parametrize("mode", ["fast", "latent"])
+def test_cheap_previews_differ_until_the_exact_last_frame(pipe, mode):
+    cheap = list(pipe.stream(labels=1, num_steps=3, num_sampling_steps=3, seed=0, preview=mode))
     full = list(pipe.stream(labels=1, num_steps=3, num_sampling_steps=3, seed=0, preview="full"))
-    assert fast[0].image.shape == full[0].image.shape == (1, 3, 64, 64)
-    assert (fast[0].image - full[0].image).abs().max() > 1e-3
-    assert torch.equal(fast[-1].image, full[-1].image)
+    assert cheap[0].image.shape == full[0].image.shape == (1, 3, 64, 64)
+    assert (cheap[0].image - full[0].image).abs().max() > 1e-3
+    assert torch.equal(cheap[-1].image, full[-1].image)
+    if mode == "latent":  # the fitted map lives on the VAE, outside its state dict
+        assert pipe.tokenizer._latent_rgb.shape == (17, 3)
+        assert set(pipe.tokenizer.state_dict()) == set(load_file(VAE))
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -379,23 +379,28 @@ class MARPipeline(Pipeline):
         """Images in [0, 1] -> MAR token ids ``[B, L]`` (code + 1), e.g. training data or ``init_tokens``."""
         return self.tokenizer.img_to_idx(img_B3HW.mul(2).sub(1))[0] + 1
 
-    def render(self, tokens_BL: torch.Tensor, fast: bool = False) -> torch.Tensor:
+    def render(self, tokens_BL: torch.Tensor, mode: str = "full") -> torch.Tensor:
         """Token ids -> image ``[B, 3, H, W]`` in [0, 1]; hidden (mask id) positions get the mean code.
-        ``fast`` decodes the latent area-downsampled to half its size (a quarter of the decoder's work) and
-        upscales the result, blocky but cheap enough to preview every step."""
+        ``mode="fast"`` decodes the latent area-downsampled to half its size (a quarter of the decoder's work)
+        and upscales the result, blocky but cheap enough to preview every step; ``"latent"`` maps the latent
+        to colours linearly (:meth:`VQVAE.latent_preview`), nearly free."""
         quant, pn = self.tokenizer.quantize, self.tokenizer.cfg.patch_nums[0]
         codebook_VC = quant.embedding.weight
         h_BLC = torch.where((tokens_BL == MASK_ID)[..., None], codebook_VC.mean(0),
                             codebook_VC[(tokens_BL - 1).clamp_min(0)])
         h_BChw = h_BLC.transpose(1, 2).reshape(tokens_BL.shape[0], quant.Cvae, pn, pn).float()
-        return self.tokenizer.preview(quant.upsample_phi(h_BChw, 0, pn), pn // 2 if fast and pn >= 4 else None)
+        f_hat = quant.upsample_phi(h_BChw, 0, pn)
+        if mode == "latent":
+            return self.tokenizer.latent_preview(f_hat)
+        return self.tokenizer.preview(f_hat, pn // 2 if mode == "fast" and pn >= 4 else None)
 
     def _sample(self, preview: bool | str = True, **kwargs) -> Iterator[MARStep]:
-        """``preview``: True / "full" (exact), "fast" (half-resolution latent, see :meth:`render`) or False."""
+        """``preview``: True / "full" (exact), "fast" (half-resolution latent), "latent" (linear colours; see
+        :meth:`render`) or False."""
         check_preview(preview)
 
         def render(tokens_BL):  # the last step (nothing hidden) is always decoded exactly
-            return self.render(tokens_BL, fast=preview == "fast" and bool((tokens_BL == MASK_ID).any()))
+            return self.render(tokens_BL, preview if (tokens_BL == MASK_ID).any() else "full")
 
         return decode_steps(self.model, render=render if preview else None, **kwargs)
 

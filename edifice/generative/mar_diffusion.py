@@ -418,20 +418,23 @@ class DiffusionMARPipeline(Pipeline):
     def seq_len(self) -> int:
         return self.model.cfg.seq_len
 
-    def render(self, tokens_BLC: torch.Tensor, fast: bool = False) -> torch.Tensor:
-        """Tokens ``[B, L, C]`` -> image ``[B, 3, H, W]`` in [0, 1]. ``fast`` decodes the latent at half its
-        size (a quarter of the decoder's work) and upsamples the picture: blurrier, for frequent previews."""
+    def render(self, tokens_BLC: torch.Tensor, mode: str = "full") -> torch.Tensor:
+        """Tokens ``[B, L, C]`` -> image ``[B, 3, H, W]`` in [0, 1]. ``mode="fast"`` decodes the latent at half
+        its size (a quarter of the decoder's work) and upsamples the picture: blurrier, for frequent previews;
+        ``"latent"`` maps the latent to colours linearly (:meth:`KLVAE.latent_preview`), nearly free."""
         latent = self.model.unpatchify(tokens_BLC.float())
+        if mode == "latent":
+            return self.tokenizer.latent_preview(latent / self.tokenizer.cfg.scale)
         h = latent.shape[-1]
-        return self.tokenizer.tokens_to_image(latent, h // 2 if fast and h >= 4 else None)
+        return self.tokenizer.tokens_to_image(latent, h // 2 if mode == "fast" and h >= 4 else None)
 
     def _sample(self, preview: bool | str = True, **kwargs) -> Iterator[DiffusionMARStep]:
-        """``preview``: True / "full", "fast" (see :meth:`render`) or False; ``preview_every``: decode every
-        k-th step only (the last is always decoded, exactly)."""
+        """``preview``: True / "full", "fast", "latent" (see :meth:`render`) or False; ``preview_every``: decode
+        every k-th step only (the last is always decoded, exactly)."""
         check_preview(preview)
 
         def render(tokens_BLC, mask_BL):  # the last step (nothing unknown) is always decoded exactly
-            return self.render(tokens_BLC, fast=preview == "fast" and bool(mask_BL.any()))
+            return self.render(tokens_BLC, preview if mask_BL.any() else "full")
 
         return stream_tokens(self.model, render=render if preview else None, **kwargs)
 
@@ -466,17 +469,17 @@ class DiffusionMARPipeline(Pipeline):
             z = torch.zeros(per_step * rep, self.model.cfg.decoder_embed_dim, device=device)
             net.forward_with_cfg(x, t, z, cfg) if rep == 2 else net(x, t, z)
 
-        def decoder(fast: bool):
-            self.render(torch.zeros(batch_size, L, self.model.cfg.token_embed_dim, device=device), fast)
+        def decoder(mode: str):
+            self.render(torch.zeros(batch_size, L, self.model.cfg.token_embed_dim, device=device), mode)
 
         diffusion_steps = respaced_schedule(num_sampling_steps).num_steps
         seconds = num_steps * (self._timed(("transformer", rows), transformer)
                                + diffusion_steps * self._timed(("head", per_step, rows), head))
         if preview:
+            mode = preview if isinstance(preview, str) else "full"
             previews = math.ceil(num_steps / preview_every)
-            seconds += (previews - 1) * self._timed(("decode", batch_size, preview == "fast"),
-                                                    lambda: decoder(preview == "fast"))
-            seconds += self._timed(("decode", batch_size, False), lambda: decoder(False))
+            seconds += (previews - 1) * self._timed(("decode", batch_size, mode), lambda: decoder(mode))
+            seconds += self._timed(("decode", batch_size, "full"), lambda: decoder("full"))
         return seconds
 
     def _timed(self, key, fn: Callable[[], None]) -> float:

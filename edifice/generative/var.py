@@ -334,7 +334,8 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
     - ``preview``: True / "full" decodes the full latent after every scale (exact, one full decoder pass per
       scale); "fast" decodes the latent area-downsampled to the scale's own pn x pn and upscales the small
       image (decoder cost grows with pn^2, so all scales together cost about sum(pn^2) / h^2 full passes;
-      the last scale is exact); False skips previews.
+      the last scale is exact); "latent" maps f_hat to colours with one linear map (near-free, no detail;
+      the last scale exact); False skips previews.
     """
     check_preview(preview)
     scale_ids = check_scales(scales, var.patch_nums)
@@ -374,7 +375,12 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
         if j + 1 < len(scale_ids):
             nxt = scale_ids[j + 1]
             x_BLC = var.embed_next(quant.downsample(f_hat, var.patch_nums[nxt]), nxt).repeat(2, 1, 1)
-        image = vae.preview(f_hat, pn if preview == "fast" else None) if preview else None
+        if not preview:
+            image = None
+        elif preview == "latent" and j + 1 < len(scale_ids):
+            image = vae.latent_preview(f_hat)
+        else:
+            image = vae.preview(f_hat, pn if preview == "fast" else None)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         yield VARStep(step=j, num_steps=len(scale_ids), scale=si, patch_size=pn, tokens=idx_Bl, logits=guided_BlV,

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import latent_rgb
 from .layers import Decoder, Encoder
 
 
@@ -72,6 +73,15 @@ class KLVAE(nn.Module):
     def decode(self, z_BEhw: torch.Tensor) -> torch.Tensor:
         """Latent -> image in [-1, 1] (not clamped)."""
         return self.decoder(self.post_quant_conv(z_BEhw))
+
+    def latent_preview(self, z_BEhw: torch.Tensor) -> torch.Tensor:
+        """Near-free preview ``[B, 3, H, W]`` in [0, 1] of a latent: a linear latent -> RGB map (see
+        :mod:`.latent_rgb`), fitted on first use to decodes of random 8x8 latents (tokens ~ N(0, 1))."""
+        def sample(gen):
+            z = torch.randn(32, self.cfg.embed_dim, 8, 8, generator=gen, device=gen.device) / self.cfg.scale
+            return z, self.decode(z).add(1).div(2).clamp(0, 1)
+
+        return latent_rgb.apply(latent_rgb.fitted(self, sample), z_BEhw, z_BEhw.shape[-1] * self.cfg.stride)
 
     def tokens_to_image(self, tokens_BEhw: torch.Tensor, latent_size: int | None = None) -> torch.Tensor:
         """MAR tokens (scaled latents) -> image ``[B, 3, H, W]`` in [0, 1]. ``latent_size`` smaller than the

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import latent_rgb
 from .layers import Decoder, Encoder
 
 
@@ -227,6 +228,17 @@ class VQVAE(nn.Module):
             return self.fhat_to_img(f_hat).add(1).mul(0.5)
         small = self.fhat_to_img(self.quantize.downsample(f_hat, latent_size))
         return F.interpolate(small, size=self.cfg.image_size, mode="nearest").add(1).mul(0.5)
+
+    def latent_preview(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """Near-free preview ``[B, 3, H, W]`` in [0, 1]: a linear latent -> RGB map (see :mod:`.latent_rgb`),
+        fitted on first use to decodes of random token maps (their f_hat area-downsampled to at most 8x8)."""
+        def sample(gen):
+            ids = [torch.randint(0, self.vocab_size, (32, pn * pn), generator=gen, device=gen.device)
+                   for pn in self.cfg.patch_nums]
+            f = self.quantize.downsample(self.quantize.idx_to_fhat(ids), min(8, self.cfg.patch_nums[-1]))
+            return f, self.fhat_to_img(f).add(1).mul(0.5)
+
+        return latent_rgb.apply(latent_rgb.fitted(self, sample), f_hat, self.cfg.image_size)
 
     def idx_to_img(self, idx_list: list[torch.Tensor], scale_ids=None, progressive: bool = False):
         f = self.quantize.idx_to_fhat(idx_list, scale_ids, progressive)
