@@ -107,6 +107,14 @@ def test_mar_diffusion_says_the_wait_then_streams_every_step(client):
     assert np.array_equal(png(again[-1]), png(outs[-1]))
 
 
+@pytest.mark.parametrize("model, steps", [("tiny-var", 4), ("tiny-mar", 6), ("tiny-mar-diffusion", 6)])
+def test_latent_previews_stream_and_end_exact(client, model, steps):
+    kw = dict(model=model, steps=steps, diffusion_steps=3, seed=4)
+    latent, full = run(client, preview="latent", **kw), run(client, preview="full", **kw)
+    assert len(latent) == len(full) >= steps
+    assert np.array_equal(png(latent[-1]), png(full[-1]))  # the final image is always the exact decode
+
+
 def test_seeds_repeat_and_differ(client):
     a = png(run(client, model="tiny-mar", steps=8, seed=5)[-1])
     b = png(run(client, model="tiny-mar", steps=8, seed=5)[-1])

@@ -5,8 +5,10 @@ model, or, for small models, most of a step in fixed per-layer costs. The "appro
 UIs use instead a linear map latent -> colour at latent resolution, upsampled. Here the map (``C + 1`` by 3,
 with a bias) is fitted once per tokenizer by least squares: random latents of the tokenizer's kind are
 decoded at a small size and each latent position is paired with the mean colour of the pixels it decodes to.
-On the bundled emoji VAR the preview correlates at 0.88–0.92 with the exact decode at latent resolution
-(measured on real generations); it shows where the colours are, not the detail.
+Measured on the bundled emoji models (6 generations each, frames after the first quarter, compared at 8x8
+with the exact decode of the same step): correlation 0.82 on average (median 0.87) for VAR and 0.75 for
+MAR, with about two thirds of the exact decode's contrast. It shows where the colours are, washed out, without
+detail; the last step is always decoded exactly.
 """
 
 from __future__ import annotations

@@ -231,11 +231,15 @@ class VQVAE(nn.Module):
 
     def latent_preview(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Near-free preview ``[B, 3, H, W]`` in [0, 1]: a linear latent -> RGB map (see :mod:`.latent_rgb`),
-        fitted on first use to decodes of random token maps (their f_hat area-downsampled to at most 8x8)."""
+        fitted on first use to decodes of 32 random f_hat: random codes on the first k scales (k drawn per
+        sample, as a generation's partial sums are), area-downsampled to at most 8x8."""
         def sample(gen):
-            ids = [torch.randint(0, self.vocab_size, (32, pn * pn), generator=gen, device=gen.device)
-                   for pn in self.cfg.patch_nums]
-            f = self.quantize.downsample(self.quantize.idx_to_fhat(ids), min(8, self.cfg.patch_nums[-1]))
+            pns, fs = self.cfg.patch_nums, []
+            for k in torch.randint(1, len(pns) + 1, (32,), generator=gen, device=gen.device).tolist():
+                ids = [torch.randint(0, self.vocab_size, (1, pn * pn), generator=gen, device=gen.device)
+                       for pn in pns[:k]]
+                fs.append(self.quantize.idx_to_fhat(ids, scale_ids=list(range(k))))
+            f = self.quantize.downsample(torch.cat(fs), min(8, pns[-1]))
             return f, self.fhat_to_img(f).add(1).mul(0.5)
 
         return latent_rgb.apply(latent_rgb.fitted(self, sample), f_hat, self.cfg.image_size)
