@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     rows = []
     try:
         for model, extra in (("emoji-var", {}), ("emoji-mar", {"steps": 16})):
-            for preview in ("full", "fast"):
+            for preview in ("full", "fast", "latent"):
                 kw = dict(model=model, class_name="6", seed=0, preview=preview, **extra)
                 one(client, **kw)  # warm-up (loads the model)
                 runs = [one(client, **kw) for _ in range(args.repeats)]
