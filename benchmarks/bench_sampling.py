@@ -15,7 +15,8 @@ MAR-B with its diffusion head and the KL-16 VAE; the head's output layer is zero
 the random sampler stays finite). Timings do not depend on the weights' values. MAR with diffusion head uses
 ``--mar-steps`` AR steps and ``--diffusion-steps`` diffusion steps.
 
-Prints the machine, torch version and dtype with every table and writes benchmarks/results/<--out>.json.
+Prints the machine, torch version and dtype with every table and writes benchmarks/results/<--out>.json (with
+plain images per second and, on a GPU, the peak GPU memory of the last streamed run).
 Each number is the median of ``--repeats`` runs after one warm-up run (``--no-warmup``: none).
 """
 
@@ -50,8 +51,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def peak_gpu_gb(device: torch.device) -> float | None:
+    """Peak GPU memory since the last reset, GB; None on the CPU."""
+    return torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+
+
 def timed_stream(pipe, **kw) -> tuple[float, float, list[float]]:
     """(seconds to the first record, seconds in all, seconds per step) of one streamed generation."""
+    if pipe.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(pipe.device)
     t0 = time.perf_counter()
     first, per_step = None, []
     for step in pipe.stream(**kw):
@@ -140,7 +148,8 @@ def bench(spec: str, dtype_name: str, repeats: int, batches=(1, 8), mar_steps: i
             rows.append({"model": spec, "kind": pipe.kind, "dtype": dtype_name, "batch": batch,
                          "preview": mode, "steps": steps, "settings": kw_model,
                          "first_record_s": median(r[0] for r in runs), "total_s": total, "plain_s": plain,
-                         "per_image_s": total / batch, "per_step_ms": 1e3 * total / steps,
+                         "per_image_s": total / batch, "images_per_s": batch / plain,
+                         "peak_gpu_gb": peak_gpu_gb(pipe.device), "per_step_ms": 1e3 * total / steps,
                          "streaming_overhead": total / plain})
         row = rows[-len(modes)]
         if pipe.kind == "var" and batch == 1:
