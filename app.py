@@ -185,7 +185,7 @@ def expected_wait(spec, steps, diffusion_steps, cfg, num_images, preview, previe
         seconds = pipe.estimate_seconds(num_steps=int(steps), num_sampling_steps=int(diffusion_steps),
                                         cfg=float(cfg), batch_size=int(num_images), preview=preview,
                                         preview_every=int(preview_every))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RuntimeError):  # settings Generate will explain; no GPU outside a ZeroGPU call
         return ""
     hint = " · fewer steps or diffusion steps shorten it" if seconds > 60 else ""
     return f"Expected wait ≈ {_duration(seconds)} on {pipe.device.type}{hint}"
