@@ -147,11 +147,11 @@ def on_model_change(spec, progress=gr.Progress()):
             f" · {pipe.device.type} / {str(pipe.dtype).removeprefix('torch.')}")
     steps = min(d.get("num_steps", 16), pipe.seq_len) if not is_var else 16
     diffusion_steps = d.get("num_sampling_steps", 100)
-    if is_diff and pipe.device.type == "cpu" and (steps > CPU_MAR_STEPS or diffusion_steps > CPU_DIFFUSION_STEPS):
-        info += (f"  \nOn this CPU the steps start at {min(steps, CPU_MAR_STEPS)} and the diffusion steps at "
-                 f"{min(diffusion_steps, CPU_DIFFUSION_STEPS)} (the authors use {steps} and {diffusion_steps}); "
-                 "raise them if you can wait.")
-        steps, diffusion_steps = min(steps, CPU_MAR_STEPS), min(diffusion_steps, CPU_DIFFUSION_STEPS)
+    cpu_steps, cpu_diffusion_steps = min(steps, CPU_MAR_STEPS), min(diffusion_steps, CPU_DIFFUSION_STEPS)
+    if is_diff and pipe.device.type == "cpu" and (cpu_steps, cpu_diffusion_steps) != (steps, diffusion_steps):
+        info += (f"  \nOn this CPU the steps start at {cpu_steps} and the diffusion steps at {cpu_diffusion_steps} "
+                 f"(the authors use {steps} and {diffusion_steps}); raise them if you can wait.")
+        steps, diffusion_steps = cpu_steps, cpu_diffusion_steps
     return (
         info,
         gr.update(choices=classes, value=classes[2] if len(classes) > 2 else "random"),
@@ -244,7 +244,6 @@ def generate(model: str = "", class_name: str = "random", scales: list | None = 
         kw.update(num_steps=int(steps), cfg_schedule=cfg_schedule, num_sampling_steps=int(diffusion_steps),
                   preview_every=int(preview_every))
     frames, thumbs, rows, t0 = [], [], [], time.perf_counter()
-    live = None
     ACTIVE["runs"] += 1
     try:
         stream = pipe.stream(**kw)

@@ -31,8 +31,7 @@ from pathlib import Path
 
 from accelerate import init_empty_weights
 from huggingface_hub import HfApi, ModelCardData
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from . import presets
@@ -40,6 +39,7 @@ from .errors import CheckpointError, CheckpointNotFoundError
 from .generative.mar import MAR, MARConfig, MARPipeline
 from .generative.mar_diffusion import DiffusionMAR, DiffusionMARConfig, DiffusionMARPipeline
 from .generative.var import VAR, VARConfig, VARPipeline
+from .official import load_safetensors
 from .pipeline import Pipeline
 from .tokenizers.klvae import KLVAE, KLVAEConfig
 from .tokenizers.vqvae import VQVAE, VQVAEConfig
@@ -193,11 +193,7 @@ def load_pretrained(folder: str | Path, kind: str | None = None) -> Pipeline:
     if not path.is_file():
         raise CheckpointNotFoundError(f"{folder}: has {CONFIG_NAME} but no {WEIGHTS_NAME}; copy or download "
                                       "the whole folder again")
-    try:
-        tensors = load_file(path)
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: could not be read ({e}); the file is truncated or corrupt, save or "
-                              "download it again") from None
+    tensors = load_safetensors(path, remedy="save or download it again")
     parts = {"tokenizer": {}, "model": {}}
     for key, t in tensors.items():
         prefix, _, name = key.partition(".")

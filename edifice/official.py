@@ -37,11 +37,27 @@ KINDS = {
 }
 
 
-def load_torch_file(path: str | Path, allow: tuple = ()) -> dict:
-    """``torch.load(weights_only=True)`` with one-line errors for missing, truncated or unsafe files."""
+def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file; check the path or download it again")
+    return path
+
+
+def load_safetensors(path: str | Path, remedy: str = "download it again") -> dict:
+    """A ``.safetensors`` file's tensors, with one-line errors for missing or truncated files (``remedy`` ends
+    the message)."""
+    path = _existing(path)
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: could not be read ({e}); the file is truncated or corrupt, {remedy}") \
+            from None
+
+
+def load_torch_file(path: str | Path, allow: tuple = ()) -> dict:
+    """``torch.load(weights_only=True)`` with one-line errors for missing, truncated or unsafe files."""
+    path = _existing(path)
     try:
         with torch.serialization.safe_globals(list(allow)):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
@@ -169,16 +185,9 @@ def load_official_var(vae_path, var_path, device=None, dtype=None) -> VARPipelin
 # -- MAR (diffusion head) -----------------------------------------------------------------------------------------
 def load_state_dict_file(path: str | Path) -> dict:
     """A ``.safetensors`` file, or a pickle read with ``weights_only=True`` (``argparse.Namespace`` allowed)."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        return load_torch_file(path, allow=(argparse.Namespace,))
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file; check the path or download it again")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: could not be read ({e}); the file is truncated or corrupt, "
-                              "download it again") from None
+    if Path(path).suffix == ".safetensors":
+        return load_safetensors(path)
+    return load_torch_file(path, allow=(argparse.Namespace,))
 
 
 def unwrap_training_checkpoint(sd: dict, path) -> dict:
