@@ -2,7 +2,7 @@
 local folder into a ready pipeline, against just reading the file's bytes; peak RAM (and, on a GPU, peak GPU
 memory) while loading.
 
-    python benchmarks/bench_load.py [--dir /tmp/edifice-bench-load] [--device cuda]
+    python benchmarks/bench_load.py [--dir /tmp/edifice-bench-load] [--device cuda] [--out load-gpu]
 
 Two formats: the edifice folder (model.safetensors) and the official pair of .pth pickles
 (``load_official_var``). Every measurement runs in a fresh process (page cache warm, as for a second load
@@ -82,6 +82,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/edifice-bench-load"))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu", help="where the pipeline is loaded to (cpu, cuda)")
+    ap.add_argument("--out", default="load", help="name of the JSON report in benchmarks/results/")
     args = ap.parse_args(argv)
     edifice_dir, vae_pth, var_pth = make_checkpoints(args.dir)
     cases = {"edifice folder": ("edifice", [edifice_dir], [edifice_dir / "model.safetensors"]),
@@ -105,7 +106,7 @@ def main(argv=None) -> dict:
         gpu = f"{r['peak_gpu_mb']:.0f}" if r["peak_gpu_mb"] is not None else "-"
         print(f"{r['format']:<20} {r['size_mb']:>9.0f} {r['read_s']:>8.2f} {r['load_s']:>8.2f} "
               f"{r['load_over_read']:>8.2f}x {r['peak_ram_mb']:>13.0f} {r['peak_over_size']:>8.2f}x {gpu:>13}")
-    return save_report("load", machine, rows)
+    return save_report(args.out, machine, rows)
 
 
 if __name__ == "__main__":

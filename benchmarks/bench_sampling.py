@@ -10,14 +10,15 @@ prefix with the block-causal mask).
 
 Models: presets, folders or Hub ids, or ``random:NAME``, a randomly initialised model of an official size
 (nothing to download): ``var-d16``, ``var-d30`` (VAR with the official VQ-VAE), ``mar-b-discrete`` (the
-discrete MAR at MAR-B's size: 24 blocks of 768 over a 16x16 map of 4096 codes) and ``mar-b`` (the official
-MAR-B with its diffusion head and the KL-16 VAE; the head's output layer is zeroed as in the official init, so
-the random sampler stays finite). Timings do not depend on the weights' values. MAR with diffusion head uses
-``--mar-steps`` AR steps and ``--diffusion-steps`` diffusion steps.
+discrete MAR at MAR-B's size: 24 blocks of 768 over a 16x16 map of 4096 codes) and ``mar-b`` / ``mar-l`` /
+``mar-h`` (the official MAR-B/L/H with its diffusion head and the KL-16 VAE; the head's output layer is
+zeroed as in the official init, so the random sampler stays finite). Timings do not depend on the weights'
+values. MAR with diffusion head uses ``--mar-steps`` AR steps and ``--diffusion-steps`` diffusion steps.
 
 Prints the machine, torch version and dtype with every table and writes benchmarks/results/<--out>.json (with
 plain images per second and, on a GPU, the peak GPU memory of the last streamed run).
 Each number is the median of ``--repeats`` runs after one warm-up run (``--no-warmup``: none).
+``--cuda-graphs`` runs VAR with ``cuda_graphs=True`` (CUDA only; the warm-up run captures the graphs).
 """
 
 from __future__ import annotations
@@ -115,23 +116,27 @@ def random_model(name: str):
         model = mar.MAR(mar.MARConfig(vocab_size=4097, embed_dim=768, num_layers=24, num_heads=12, seq_len=256,
                                       num_classes=1000, dropout=0.0))
         return mar.MARPipeline(tok, model, defaults=dict(num_steps=16, cfg=3.0, temperature=1.0))
-    if name == "mar-b":
-        model = mar_diffusion.DiffusionMAR(mar_diffusion.CONFIGS["mar_base"])
+    if name in ("mar-b", "mar-l", "mar-h"):
+        size = {"b": "base", "l": "large", "h": "huge"}[name[-1]]
+        model = mar_diffusion.DiffusionMAR(mar_diffusion.CONFIGS[f"mar_{size}"])
         torch.nn.init.zeros_(model.diffloss.net.final_layer.linear.weight)
         return mar_diffusion.DiffusionMARPipeline(KLVAE(), model, defaults=dict(cfg=2.9, cfg_schedule="linear"))
-    raise SystemExit(f"unknown random model {name!r}: var-d16, var-d30, mar-b-discrete, mar-b")
+    raise SystemExit(f"unknown random model {name!r}: var-d16, var-d30, mar-b-discrete, mar-b, mar-l, mar-h")
 
 
 def make(spec: str, dtype_name: str):
     if spec.startswith("random:"):
-        return loading.place(random_model(spec.removeprefix("random:")), "auto", dtype_name)
+        device = loading.resolve_device("auto")
+        with torch.device(device):  # random init where the model runs: seconds on a GPU, a minute for d30 on CPU
+            pipe = random_model(spec.removeprefix("random:"))
+        return loading.place(pipe, device, dtype_name)
     return edifice.load(spec, dtype=dtype_name)
 
 
 def bench(spec: str, dtype_name: str, repeats: int, batches=(1, 8), mar_steps: int = 64,
-          diffusion_steps: int = 100, warmup: bool = True) -> list[dict]:
+          diffusion_steps: int = 100, warmup: bool = True, cuda_graphs: bool = False) -> list[dict]:
     pipe = make(spec, dtype_name)
-    kw_model = {"mar": dict(num_steps=16), "var": {},
+    kw_model = {"mar": dict(num_steps=16), "var": dict(cuda_graphs=True) if cuda_graphs else {},
                 "mar-diffusion": dict(num_steps=mar_steps, num_sampling_steps=diffusion_steps)}[pipe.kind]
     modes = ("full", "fast", "latent")
     rows = []
@@ -145,7 +150,8 @@ def bench(spec: str, dtype_name: str, repeats: int, batches=(1, 8), mar_steps: i
                 timed_stream(pipe, preview=mode, **kw)
             runs = [timed_stream(pipe, preview=mode, **kw) for _ in range(repeats)]
             total, steps = median(r[1] for r in runs), len(runs[0][2])
-            rows.append({"model": spec, "kind": pipe.kind, "dtype": dtype_name, "batch": batch,
+            name = spec + (" +graphs" if kw_model.get("cuda_graphs") else "")
+            rows.append({"model": name, "kind": pipe.kind, "dtype": dtype_name, "batch": batch,
                          "preview": mode, "steps": steps, "settings": kw_model,
                          "first_record_s": median(r[0] for r in runs), "total_s": total, "plain_s": plain,
                          "per_image_s": total / batch, "images_per_s": batch / plain,
@@ -153,7 +159,8 @@ def bench(spec: str, dtype_name: str, repeats: int, batches=(1, 8), mar_steps: i
                          "streaming_overhead": total / plain})
         row = rows[-len(modes)]
         if pipe.kind == "var" and batch == 1:
-            cached = [timed_stream(pipe, preview=False, labels=[0], seed=0, top_k=1)[1] for _ in range(repeats)]
+            cached = [timed_stream(pipe, preview=False, labels=[0], seed=0, top_k=1, **kw_model)[1]
+                      for _ in range(repeats)]
             recompute = [var_recompute(pipe.var, pipe.vae, [0], pipe.defaults.get("cfg", 1.5), 0)
                          for _ in range(repeats)]
             row["kv_cache_s"], row["recompute_s"] = median(cached), median(recompute)
@@ -169,12 +176,12 @@ def machine() -> str:
 
 def print_table(rows: list[dict], header: str) -> None:
     print(f"\n{header}")
-    print(f"{'model':<22} {'dtype':<5} {'B':>2} {'preview':<7} {'steps':>5} {'first (ms)':>10} {'stream (s)':>10} "
+    print(f"{'model':<24} {'dtype':<5} {'B':>2} {'preview':<7} {'steps':>5} {'first (ms)':>10} {'stream (s)':>10} "
           f"{'plain (s)':>9} {'/image (s)':>10} {'/step (ms)':>10} {'overhead':>8} {'kv cache / recompute (s)':>25}")
     for r in rows:
         kv = f"{r['kv_cache_s']:.3f} / {r['recompute_s']:.3f} ({r['recompute_over_kv_cache']:.2f}x)" \
             if "kv_cache_s" in r else ""
-        print(f"{r['model']:<22} {r['dtype']:<5} {r['batch']:>2} {r['preview']:<7} {r['steps']:>5} "
+        print(f"{r['model']:<24} {r['dtype']:<5} {r['batch']:>2} {r['preview']:<7} {r['steps']:>5} "
               f"{1e3 * r['first_record_s']:>10.1f} {r['total_s']:>10.3f} {r['plain_s']:>9.3f} "
               f"{r['per_image_s']:>10.3f} {r['per_step_ms']:>10.1f} {r['streaming_overhead']:>7.2f}x {kv:>25}")
 
@@ -189,13 +196,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--diffusion-steps", type=int, default=100, help="its diffusion steps")
     ap.add_argument("--out", default="sampling", help="name of the JSON report in benchmarks/results/")
     ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up runs (for runs of many seconds)")
+    ap.add_argument("--cuda-graphs", action="store_true", help="VAR: replay each scale as a CUDA graph")
     args = ap.parse_args(argv)
     batches = tuple(int(b) for b in args.batches.split(","))
     all_rows = []
     for dtype_name in args.dtypes.split(","):
         rows = [r for spec in args.models.split(",")
                 for r in bench(spec, dtype_name, args.repeats, batches, args.mar_steps, args.diffusion_steps,
-                               not args.no_warmup)]
+                               not args.no_warmup, args.cuda_graphs)]
         print_table(rows, f"{machine()} · dtype {dtype_name} (generator; tokenizer fp32)")
         all_rows += rows
     return save_report(args.out, machine(), all_rows)

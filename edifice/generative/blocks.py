@@ -13,24 +13,30 @@ sampler, so one model instance can serve concurrent generations.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-@dataclass
 class KVCache:
-    """Keys and values of all tokens seen so far by one attention layer, ``[B, H, L, head_dim]`` each."""
+    """Keys and values of one attention layer, ``[B, H, length, head_dim]`` each, allocated once at the final
+    length: ``extend`` writes the new tokens in place and returns views of everything seen so far. Fixed
+    addresses make the sampler's steps capturable as CUDA graphs, and nothing is re-copied as the cache grows."""
 
-    k: torch.Tensor | None = None
-    v: torch.Tensor | None = None
+    def __init__(self, batch: int, heads: int, length: int, head_dim: int, dtype: torch.dtype, device):
+        self.k = torch.empty(batch, heads, length, head_dim, dtype=dtype, device=device)
+        self.v = torch.empty_like(self.k)
+        self.len = 0
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
-        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
-        return self.k, self.v
+        end = self.len + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache of {self.k.shape[2]} tokens cannot take {end}")
+        self.k[:, :, self.len:end].copy_(k)
+        self.v[:, :, self.len:end].copy_(v)
+        self.len = end
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class SelfAttention(nn.Module):

@@ -208,6 +208,16 @@ class VAR(nn.Module):
         self.attn_bias_for_masking = self.attn_bias_for_masking.float()
         return self
 
+    def scale_graphs(self, batch_size: int, scale_ids: Sequence[int]) -> ScaleGraphs:
+        """The :class:`ScaleGraphs` of this batch size and scale list, captured on first use. One set is kept
+        (a new batch size, scale list, dtype or device captures anew and frees the old). Not thread-safe: the
+        graphs share static buffers, so run one generation at a time per model."""
+        key = (batch_size, tuple(scale_ids), tuple(p.data_ptr() for p in self.parameters()))
+        if getattr(self, "_graphs", (None,))[0] != key:
+            self._graphs = (None,)  # free the old graphs before capturing the new ones
+            self._graphs = (key, ScaleGraphs(self, batch_size, scale_ids))
+        return self._graphs[1]
+
     def init_weights(self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02):
         """The official initialisation for training from scratch: truncated normal std sqrt(1/(3C)), tiny AdaLN
         gains so every block starts close to identity, a small head, residual projections scaled by depth."""
@@ -316,10 +326,75 @@ def new_seed() -> int:
     return int(torch.randint(0, 2 ** 31 - 1, (1,)).item())
 
 
+def new_caches(var: VAR, batch: int, scale_ids: Sequence[int]) -> list[KVCache]:
+    """One KV cache per block, sized for every token of the chosen scales."""
+    attn = var.blocks[0].attn
+    length = sum(var.patch_nums[si] ** 2 for si in scale_ids)
+    return [KVCache(batch, attn.num_heads, length, attn.head_dim, var.class_emb.weight.dtype, var.lvl_1L.device)
+            for _ in var.blocks]
+
+
+def use_cuda_graphs(var: VAR, cuda_graphs: bool) -> bool:
+    if not cuda_graphs:
+        return False
+    if var.lvl_1L.device.type != "cuda":
+        raise ValueError(f"cuda_graphs=True needs the model on a CUDA device; it is on {var.lvl_1L.device}")
+    if any(hasattr(m, "_hf_hook") for m in var.modules()):
+        raise ValueError("cuda_graphs=True needs every block on the GPU; this model is partly offloaded to CPU")
+    return True
+
+
+class ScaleGraphs:
+    """CUDA graphs of VAR's per-scale transformer pass (every block, then the head), one per scale, for one
+    batch size and scale list. At small batches a scale is a few hundred short kernels and the GPU waits on
+    the CPU launching them; a replayed graph launches them all at once. Inputs, class vector and KV caches
+    live in static buffers that the graphs read and write; ``run`` copies a scale's input in and replays.
+    Graphs replay in capture order (scale 0 first), so they share one memory pool. Captured once, after an
+    eager warm-up pass on a side stream, and kept by :meth:`VAR.scale_graphs`."""
+
+    def __init__(self, var: VAR, batch_size: int, scale_ids: Sequence[int]):
+        self.var, B2 = var, 2 * batch_size
+        dtype, device = var.class_emb.weight.dtype, var.lvl_1L.device
+        self.caches = new_caches(var, B2, scale_ids)
+        self.cond_BD = torch.zeros(B2, var.cfg.embed_dim, dtype=dtype, device=device)
+        self.x = [torch.zeros(B2, var.patch_nums[si] ** 2, var.cfg.embed_dim, dtype=dtype, device=device)
+                  for si in scale_ids]
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # cuBLAS workspaces and kernel choices are made outside the capture
+            for j in range(len(self.x)):
+                self._forward(j)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graphs, self.logits, pool = [], [], None
+        for cache in self.caches:
+            cache.len = 0
+        for j in range(len(self.x)):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                self.logits.append(self._forward(j))
+            self.graphs.append(graph)
+            pool = graph.pool()
+
+    def _forward(self, j: int) -> torch.Tensor:
+        cond, x_BLC = self.var.block_cond(self.cond_BD), self.x[j]
+        for block, cache in zip(self.var.blocks, self.caches, strict=True):
+            x_BLC = block(x_BLC, cond, None, cache)
+        return self.var.get_logits(x_BLC, self.cond_BD)
+
+    def run(self, j: int, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        """Logits ``[2B, pn*pn, V]`` of the j-th chosen scale (a static buffer, overwritten by the next run)."""
+        if j == 0:
+            self.cond_BD.copy_(cond_BD)
+        self.x[j].copy_(x_BLC)
+        self.graphs[j].replay()
+        return self.logits[j]
+
+
 @torch.inference_mode()
 def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: float = 1.5, top_k: int = 0,
                top_p: float = 0.0, temperature: float = 1.0, more_smooth: bool = False, seed: int | None = None,
-               scales: Sequence[int] | None = None, preview: bool | str = True) -> Iterator[VARStep]:
+               scales: Sequence[int] | None = None, preview: bool | str = True,
+               cuda_graphs: bool = False) -> Iterator[VARStep]:
     """Generate images scale by scale, yielding a :class:`VARStep` after every scale.
 
     Matches the official ``autoregressive_infer_cfg`` draw for draw: a generator seeded with ``seed`` on the
@@ -336,6 +411,9 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
       image (decoder cost grows with pn^2, so all scales together cost about sum(pn^2) / h^2 full passes;
       the last scale is exact); "latent" maps f_hat to colours with one linear map (near-free, no detail;
       the last scale exact); False skips previews.
+    - ``cuda_graphs``: replay each scale's transformer pass as a CUDA graph (:class:`ScaleGraphs`, captured on
+      first use for this batch size and scale list); the tokens are those of the eager pass. Needs the model
+      whole on one CUDA device.
     """
     check_preview(preview)
     scale_ids = check_scales(scales, var.patch_nums)
@@ -354,13 +432,17 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
     cond = var.block_cond(cond_BD)
     x_BLC = var.sos(cond_BD) + var.lvl_pos(slice(0, var.first_l))
     f_hat = torch.zeros(B, vae.Cvae, H, H, device=device)
-    caches = [KVCache() for _ in var.blocks]
+    graphs = var.scale_graphs(B, scale_ids) if use_cuda_graphs(var, cuda_graphs) else None
+    caches = None if graphs else new_caches(var, 2 * B, scale_ids)
     for j, si in enumerate(scale_ids):
         t0 = time.perf_counter()
         pn, ratio = var.patch_nums[si], si / (K - 1) if K > 1 else 0.0
-        for block, cache in zip(var.blocks, caches, strict=True):
-            x_BLC = block(x_BLC, cond, None, cache)
-        logits_2BlV = var.get_logits(x_BLC, cond_BD)
+        if graphs:
+            logits_2BlV = graphs.run(j, x_BLC, cond_BD)
+        else:
+            for block, cache in zip(var.blocks, caches, strict=True):
+                x_BLC = block(x_BLC, cond, None, cache)
+            logits_2BlV = var.get_logits(x_BLC, cond_BD)
         t = cfg * ratio
         guided_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
         logits_BlV = guided_BlV / temperature if temperature != 1.0 else guided_BlV.clone()
