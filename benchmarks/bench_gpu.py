@@ -8,7 +8,8 @@ SDPA: the ATen attention ops that one generation ran (from a torch.profiler trac
 backend PyTorch picked, e.g. ``_scaled_dot_product_flash_attention``) with their CUDA time, then each backend
 forced in turn with ``torch.nn.attention.sdpa_kernel`` (an error means it cannot take these inputs), timed.
 
-Timing: plain generations (no previews; top-k 900, top-p 0.96, CFG 1.5, as the official recipe), the median
+Timing: plain generations (no previews; top-k 900, top-p 0.96, CFG 1.5, as the official recipe; eager unless the
+variant says otherwise), the median
 of ``--repeats`` after a first call that is reported on its own (it includes graph capture or compilation).
 Tokens of every variant are compared with the eager ones at the same seed. ``--compile`` names the models whose
 blocks are also tried under ``torch.compile`` (default mode, and "reduce-overhead", which adds PyTorch's own
@@ -33,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from bench_sampling import DTYPES, machine, make  # noqa: E402
 from report import save_report  # noqa: E402
 
-SETTINGS = dict(cfg=1.5, top_k=900, top_p=0.96, seed=0, preview=False)
+SETTINGS = dict(cfg=1.5, top_k=900, top_p=0.96, seed=0, preview=False, cuda_graphs=False)
 
 
 @torch.inference_mode()

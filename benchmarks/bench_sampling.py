@@ -18,7 +18,8 @@ values. MAR with diffusion head uses ``--mar-steps`` AR steps and ``--diffusion-
 Prints the machine, torch version and dtype with every table and writes benchmarks/results/<--out>.json (with
 plain images per second and, on a GPU, the peak GPU memory of the last streamed run).
 Each number is the median of ``--repeats`` runs after one warm-up run (``--no-warmup``: none).
-``--cuda-graphs`` runs VAR with ``cuda_graphs=True`` (CUDA only; the warm-up run captures the graphs).
+On CUDA, VAR replays each scale as a CUDA graph (the default; the warm-up run captures them); ``--eager``
+times it without. ``--previews`` picks the streamed modes ('' times plain generations only).
 """
 
 from __future__ import annotations
@@ -134,30 +135,34 @@ def make(spec: str, dtype_name: str):
 
 
 def bench(spec: str, dtype_name: str, repeats: int, batches=(1, 8), mar_steps: int = 64,
-          diffusion_steps: int = 100, warmup: bool = True, cuda_graphs: bool = False) -> list[dict]:
+          diffusion_steps: int = 100, warmup: bool = True, eager: bool = False,
+          modes=("full", "fast", "latent")) -> list[dict]:
     pipe = make(spec, dtype_name)
-    kw_model = {"mar": dict(num_steps=16), "var": dict(cuda_graphs=True) if cuda_graphs else {},
+    kw_model = {"mar": dict(num_steps=16), "var": dict(cuda_graphs=False) if eager else {},
                 "mar-diffusion": dict(num_steps=mar_steps, num_sampling_steps=diffusion_steps)}[pipe.kind]
-    modes = ("full", "fast", "latent")
     rows = []
     for batch in batches:
         kw = dict(labels=list(range(batch)), seed=0, **kw_model)
         if warmup:
             timed_generate(pipe, **kw)
         plain = median(timed_generate(pipe, **kw) for _ in range(repeats))
+        if not modes:
+            rows.append({"model": spec, "kind": pipe.kind, "dtype": dtype_name, "batch": batch, "preview": "none",
+                         "settings": kw_model, "plain_s": plain, "per_image_s": plain / batch,
+                         "images_per_s": batch / plain, "peak_gpu_gb": peak_gpu_gb(pipe.device)})
         for mode in modes:
             if warmup:
                 timed_stream(pipe, preview=mode, **kw)
             runs = [timed_stream(pipe, preview=mode, **kw) for _ in range(repeats)]
             total, steps = median(r[1] for r in runs), len(runs[0][2])
-            name = spec + (" +graphs" if kw_model.get("cuda_graphs") else "")
+            name = spec + (" eager" if eager and pipe.device.type == "cuda" and pipe.kind == "var" else "")
             rows.append({"model": name, "kind": pipe.kind, "dtype": dtype_name, "batch": batch,
                          "preview": mode, "steps": steps, "settings": kw_model,
                          "first_record_s": median(r[0] for r in runs), "total_s": total, "plain_s": plain,
                          "per_image_s": total / batch, "images_per_s": batch / plain,
                          "peak_gpu_gb": peak_gpu_gb(pipe.device), "per_step_ms": 1e3 * total / steps,
                          "streaming_overhead": total / plain})
-        row = rows[-len(modes)]
+        row = rows[-max(len(modes), 1)]
         if pipe.kind == "var" and batch == 1:
             cached = [timed_stream(pipe, preview=False, labels=[0], seed=0, top_k=1, **kw_model)[1]
                       for _ in range(repeats)]
@@ -179,6 +184,10 @@ def print_table(rows: list[dict], header: str) -> None:
     print(f"{'model':<24} {'dtype':<5} {'B':>2} {'preview':<7} {'steps':>5} {'first (ms)':>10} {'stream (s)':>10} "
           f"{'plain (s)':>9} {'/image (s)':>10} {'/step (ms)':>10} {'overhead':>8} {'kv cache / recompute (s)':>25}")
     for r in rows:
+        if r["preview"] == "none":
+            print(f"{r['model']:<24} {r['dtype']:<5} {r['batch']:>2} {'none':<7} {'':>5} {'':>10} {'':>10} "
+                  f"{r['plain_s']:>9.3f} {r['per_image_s']:>10.3f}")
+            continue
         kv = f"{r['kv_cache_s']:.3f} / {r['recompute_s']:.3f} ({r['recompute_over_kv_cache']:.2f}x)" \
             if "kv_cache_s" in r else ""
         print(f"{r['model']:<24} {r['dtype']:<5} {r['batch']:>2} {r['preview']:<7} {r['steps']:>5} "
@@ -196,14 +205,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--diffusion-steps", type=int, default=100, help="its diffusion steps")
     ap.add_argument("--out", default="sampling", help="name of the JSON report in benchmarks/results/")
     ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up runs (for runs of many seconds)")
-    ap.add_argument("--cuda-graphs", action="store_true", help="VAR: replay each scale as a CUDA graph")
+    ap.add_argument("--eager", action="store_true", help="VAR on CUDA without its CUDA graphs")
+    ap.add_argument("--previews", default="full,fast,latent", help="streamed modes to time ('' = plain only)")
     args = ap.parse_args(argv)
     batches = tuple(int(b) for b in args.batches.split(","))
     all_rows = []
     for dtype_name in args.dtypes.split(","):
         rows = [r for spec in args.models.split(",")
                 for r in bench(spec, dtype_name, args.repeats, batches, args.mar_steps, args.diffusion_steps,
-                               not args.no_warmup, args.cuda_graphs)]
+                               not args.no_warmup, args.eager, [m for m in args.previews.split(",") if m])]
         print_table(rows, f"{machine()} · dtype {dtype_name} (generator; tokenizer fp32)")
         all_rows += rows
     return save_report(args.out, machine(), all_rows)

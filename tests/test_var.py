@@ -116,6 +116,21 @@ def test_streamed_previews_match_official(pipe, g):
     assert all(s.image.min() >= 0 and s.image.max() <= 1 for s in steps)
 
 
+def test_cuda_graphs_are_automatic_and_refused_off_cuda(pipe):
+    """None (the default) samples eagerly on the CPU, True there is refused with what to do; the KV cache is
+    sized for the chosen scales and names its overflow."""
+    eager = [s.tokens for s in pipe.stream(labels=[3], seed=5, top_k=4, preview=False, cuda_graphs=False)]
+    auto = [s.tokens for s in pipe.stream(labels=[3], seed=5, top_k=4, preview=False)]
+    assert all(torch.equal(a, b) for a, b in zip(eager, auto, strict=True))
+    with pytest.raises(ValueError, match="needs the model on a CUDA device.*cpu.*cuda_graphs at None"):
+        next(pipe.stream(labels=[3], seed=5, cuda_graphs=True))
+    caches = var_mod.new_caches(pipe.var, 2, [0, 1])
+    assert caches[0].k.shape[2] == sum(pn * pn for pn in pipe.var.patch_nums[:2])
+    k = torch.zeros(2, caches[0].k.shape[1], caches[0].k.shape[2] + 1, caches[0].k.shape[3])
+    with pytest.raises(ValueError, match="cannot take"):
+        caches[0].extend(k, k)
+
+
 @torch.no_grad()
 def test_kv_cached_logits_equal_teacher_forced(pipe):
     """Sampling with the KV cache and no mask == one block-causal pass over the sampled tokens."""

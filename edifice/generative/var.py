@@ -334,14 +334,19 @@ def new_caches(var: VAR, batch: int, scale_ids: Sequence[int]) -> list[KVCache]:
             for _ in var.blocks]
 
 
-def use_cuda_graphs(var: VAR, cuda_graphs: bool) -> bool:
-    if not cuda_graphs:
-        return False
-    if var.lvl_1L.device.type != "cuda":
-        raise ValueError(f"cuda_graphs=True needs the model on a CUDA device; it is on {var.lvl_1L.device}")
-    if any(hasattr(m, "_hf_hook") for m in var.modules()):
-        raise ValueError("cuda_graphs=True needs every block on the GPU; this model is partly offloaded to CPU")
-    return True
+def use_cuda_graphs(var: VAR, cuda_graphs: bool | None) -> bool:
+    """Whether to sample with :class:`ScaleGraphs`: None = when the whole model is on one CUDA device."""
+    on_cuda = var.lvl_1L.device.type == "cuda"
+    offloaded = any(hasattr(m, "_hf_hook") for m in var.modules())
+    if cuda_graphs is None:
+        return on_cuda and not offloaded
+    if cuda_graphs and not on_cuda:
+        raise ValueError(f"cuda_graphs=True needs the model on a CUDA device; it is on {var.lvl_1L.device}. "
+                         "Leave cuda_graphs at None (automatic) or pass False.")
+    if cuda_graphs and offloaded:
+        raise ValueError("cuda_graphs=True needs every block on the GPU; this model is partly offloaded to CPU. "
+                         "Leave cuda_graphs at None (automatic) or pass False.")
+    return bool(cuda_graphs)
 
 
 class ScaleGraphs:
@@ -350,7 +355,11 @@ class ScaleGraphs:
     the CPU launching them; a replayed graph launches them all at once. Inputs, class vector and KV caches
     live in static buffers that the graphs read and write; ``run`` copies a scale's input in and replays.
     Graphs replay in capture order (scale 0 first), so they share one memory pool. Captured once, after an
-    eager warm-up pass on a side stream, and kept by :meth:`VAR.scale_graphs`."""
+    eager warm-up pass on a side stream, and kept by :meth:`VAR.scale_graphs`. Two generations interleaved on
+    one set (two live generators of one model) would overwrite each other's caches: ``run`` refuses that.
+
+    Measured on an H100 (``benchmarks/bench_gpu.py``): VAR-d16 bf16 4.2x faster at batch 1 and 2.9x at batch 8,
+    VAR-d30 5.2x / 1.7x, the same tokens as the eager pass; capture costs about two eager generations."""
 
     def __init__(self, var: VAR, batch_size: int, scale_ids: Sequence[int]):
         self.var, B2 = var, 2 * batch_size
@@ -366,6 +375,7 @@ class ScaleGraphs:
                 self._forward(j)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graphs, self.logits, pool = [], [], None
+        self.owner, self.next_j = None, 0
         for cache in self.caches:
             cache.len = 0
         for j in range(len(self.x)):
@@ -381,10 +391,16 @@ class ScaleGraphs:
             x_BLC = block(x_BLC, cond, None, cache)
         return self.var.get_logits(x_BLC, self.cond_BD)
 
-    def run(self, j: int, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        """Logits ``[2B, pn*pn, V]`` of the j-th chosen scale (a static buffer, overwritten by the next run)."""
+    def run(self, owner: object, j: int, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        """Logits ``[2B, pn*pn, V]`` of the j-th chosen scale (a static buffer, overwritten by the next run) for
+        the generation ``owner``; scale 0 starts a generation and takes the graphs over."""
         if j == 0:
+            self.owner = owner
             self.cond_BD.copy_(cond_BD)
+        elif owner is not self.owner or j != self.next_j:
+            raise RuntimeError("another generation of this model ran in between, and its CUDA graphs share one KV "
+                               "cache: run interleaved generations with cuda_graphs=False")
+        self.next_j = j + 1
         self.x[j].copy_(x_BLC)
         self.graphs[j].replay()
         return self.logits[j]
@@ -394,7 +410,7 @@ class ScaleGraphs:
 def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: float = 1.5, top_k: int = 0,
                top_p: float = 0.0, temperature: float = 1.0, more_smooth: bool = False, seed: int | None = None,
                scales: Sequence[int] | None = None, preview: bool | str = True,
-               cuda_graphs: bool = False) -> Iterator[VARStep]:
+               cuda_graphs: bool | None = None) -> Iterator[VARStep]:
     """Generate images scale by scale, yielding a :class:`VARStep` after every scale.
 
     Matches the official ``autoregressive_infer_cfg`` draw for draw: a generator seeded with ``seed`` on the
@@ -412,8 +428,9 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
       the last scale is exact); "latent" maps f_hat to colours with one linear map (near-free, no detail;
       the last scale exact); False skips previews.
     - ``cuda_graphs``: replay each scale's transformer pass as a CUDA graph (:class:`ScaleGraphs`, captured on
-      first use for this batch size and scale list); the tokens are those of the eager pass. Needs the model
-      whole on one CUDA device.
+      first use for this batch size and scale list); the tokens are those of the eager pass. None (default):
+      whenever the whole model is on one CUDA device; True demands it; False runs eagerly (needed to
+      interleave two live generations of one model).
     """
     check_preview(preview)
     scale_ids = check_scales(scales, var.patch_nums)
@@ -434,11 +451,12 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
     f_hat = torch.zeros(B, vae.Cvae, H, H, device=device)
     graphs = var.scale_graphs(B, scale_ids) if use_cuda_graphs(var, cuda_graphs) else None
     caches = None if graphs else new_caches(var, 2 * B, scale_ids)
+    owner = object()  # this generation, to the graphs it shares with any other generation of the model
     for j, si in enumerate(scale_ids):
         t0 = time.perf_counter()
         pn, ratio = var.patch_nums[si], si / (K - 1) if K > 1 else 0.0
         if graphs:
-            logits_2BlV = graphs.run(j, x_BLC, cond_BD)
+            logits_2BlV = graphs.run(owner, j, x_BLC, cond_BD)
         else:
             for block, cache in zip(var.blocks, caches, strict=True):
                 x_BLC = block(x_BLC, cond, None, cache)
