@@ -10,6 +10,8 @@ Environment: EDIFICE_DEFAULT_MODEL (preset or Hub repo id shown first), EDIFICE_
 from __future__ import annotations
 
 import argparse
+import inspect
+import math
 import os
 import re
 import tempfile
@@ -33,10 +35,13 @@ from edifice.errors import EdificeError
 
 MAX_IMAGES = 4
 MAX_LOADED = 2  # pipelines kept in memory
-# MAR with diffusion head on a CPU: the authors' 256 steps x 100 diffusion steps take about 12 minutes for MAR-B
-# on 2 cores, so the controls start lower there, about a minute (the user can raise them; the page states the
-# expected wait).
-CPU_MAR_STEPS, CPU_DIFFUSION_STEPS = 32, 25
+# MAR with diffusion head: the authors' best-FID recipe, 256 steps x 100 diffusion steps, takes about 12 minutes
+# for MAR-B on 2 CPU cores and about a minute on an H100 at batch 1 (launch-bound: 25,600 small diffusion-head
+# calls; benchmarks/README.md). So the controls start lower: about a minute on a CPU, and on a GPU at the
+# authors' own demo's 64 steps (about 15 s). The user can raise them; the page states the expected wait.
+START_STEPS = {"cpu": (32, 25), "gpu": (64, 100)}  # (steps, diffusion steps)
+# ZeroGPU: seconds of one AR step x one diffusion step at batch 1 (MAR-H on an H100: 2.85 ms; MAR-B 2.4 ms)
+MAR_CALL_SECONDS = 0.003
 KIND_NAMES = {"var": "VAR", "mar": "MAR (discrete)", "mar-diffusion": "MAR (diffusion head)"}
 # VAR on a GPU replays each scale as a CUDA graph (about 4x faster at batch 1), captured on the first generation
 # of a batch size and kept. ZeroGPU runs every generation in a fresh forked worker, where the capture would be
@@ -151,11 +156,12 @@ def on_model_change(spec, progress=gr.Progress()):
             f" · {pipe.device.type} / {str(pipe.dtype).removeprefix('torch.')}")
     steps = min(d.get("num_steps", 16), pipe.seq_len) if not is_var else 16
     diffusion_steps = d.get("num_sampling_steps", 100)
-    cpu_steps, cpu_diffusion_steps = min(steps, CPU_MAR_STEPS), min(diffusion_steps, CPU_DIFFUSION_STEPS)
-    if is_diff and pipe.device.type == "cpu" and (cpu_steps, cpu_diffusion_steps) != (steps, diffusion_steps):
-        info += (f"  \nOn this CPU the steps start at {cpu_steps} and the diffusion steps at {cpu_diffusion_steps} "
-                 f"(the authors use {steps} and {diffusion_steps}); raise them if you can wait.")
-        steps, diffusion_steps = cpu_steps, cpu_diffusion_steps
+    where = "cpu" if pipe.device.type == "cpu" else "gpu"
+    start = tuple(min(a, b) for a, b in zip((steps, diffusion_steps), START_STEPS[where], strict=True))
+    if is_diff and start != (steps, diffusion_steps):
+        info += (f"  \nOn this {where.upper()} the steps start at {start[0]} and the diffusion steps at {start[1]} "
+                 f"(the authors use {steps} and {diffusion_steps} for their best FID); raise them if you can wait.")
+        steps, diffusion_steps = start
     return (
         info,
         gr.update(choices=classes, value=classes[2] if len(classes) > 2 else "random"),
@@ -298,8 +304,25 @@ def save_outputs(frames, images, stem: str) -> list[str]:
     return [str(gif), str(webp), str(png)]
 
 
+GENERATE_PARAMS = inspect.signature(generate)
+
+
+def zero_gpu_seconds(*args, **kwargs) -> int:
+    """The GPU time to ask ZeroGPU for, from /generate's own arguments: 60 s (its default, ample for VAR and the
+    discrete MAR), or for MAR with diffusion head 1.5x the H100 estimate of these settings plus 15 s, when that
+    is longer. A request shorter than the work is cut off; a longer one waits longer in the queue."""
+    a = GENERATE_PARAMS.bind_partial(*args, **kwargs).arguments
+    spec = a.get("model") or default_model()
+    preset = edifice.presets.presets().get(spec)
+    kind = preset.kind if preset else getattr(MODELS.items.get(spec), "kind", None)  # loaded Hub/folder models
+    if kind != "mar-diffusion":
+        return 60
+    calls = int(a.get("steps", 16)) * int(a.get("diffusion_steps", 100)) * (1 + 0.1 * (int(a.get("num_images", 1)) - 1))
+    return max(60, math.ceil(1.5 * calls * MAR_CALL_SECONDS + 15))
+
+
 if spaces is not None:  # ZeroGPU: a GPU is attached for the duration of each generation only
-    generate = spaces.GPU(duration=60)(generate)
+    generate = spaces.GPU(duration=zero_gpu_seconds)(generate)
 
 
 # -- layout ---------------------------------------------------------------------------------------------------

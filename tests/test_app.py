@@ -71,6 +71,17 @@ def test_api_parameters_all_have_defaults(client):
     assert all(p["parameter_has_default"] for p in params)
 
 
+def test_zero_gpu_asks_for_the_time_mar_needs(app_url):
+    """ZeroGPU's duration comes from /generate's own arguments (positional or named): its 60 s default, except
+    for MAR with diffusion head at settings that need longer (256 x 100 steps: 1.5 x 77 s + 15 s)."""
+    import app
+
+    assert app.zero_gpu_seconds("tiny-var", "random", None, 256) == 60
+    assert app.zero_gpu_seconds("mar-base", "random", None, 64, diffusion_steps=100) == 60
+    assert app.zero_gpu_seconds(model="mar-huge", steps=256, diffusion_steps=100) == 131
+    assert app.zero_gpu_seconds(model="mar-huge", steps=256, diffusion_steps=100, num_images=4) == 165
+
+
 def test_var_streams_one_update_per_chosen_scale(client):
     outs = run(client, model="tiny-var", class_name="1 · square", scales=[1, 2, 4], seed=3, preview="fast")
     assert [o[2].split(" · ")[0] for o in outs] == ["scale 1/3", "scale 2/3", "scale 3/3"]
