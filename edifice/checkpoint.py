@@ -16,7 +16,8 @@
 Model families are looked up in :data:`FAMILIES` by ``kind``; a new family is one entry there. Weights are
 materialised without a random initialisation: the modules are built under accelerate's
 ``init_empty_weights`` (parameters on the meta device, buffers built for real, so non-persistent buffers
-such as MAR's position table exist) and the file's tensors are assigned with ``strict=True``.
+such as MAR's position table exist; ``torch.nn.init`` skipped, see ``official.skip_meta_init``) and the file's
+tensors are assigned with ``strict=True``.
 Writes go to a temporary folder first, so a failure never leaves a half-written checkpoint.
 """
 
@@ -39,7 +40,7 @@ from .errors import CheckpointError, CheckpointNotFoundError
 from .generative.mar import MAR, MARConfig, MARPipeline
 from .generative.mar_diffusion import DiffusionMAR, DiffusionMARConfig, DiffusionMARPipeline
 from .generative.var import VAR, VARConfig, VARPipeline
-from .official import load_safetensors
+from .official import load_safetensors, skip_meta_init
 from .pipeline import Pipeline
 from .tokenizers.klvae import KLVAE, KLVAEConfig
 from .tokenizers.vqvae import VQVAE, VQVAEConfig
@@ -218,7 +219,7 @@ def _materialise(module_cls, config_cls, cfg_fields: dict, state_dict: dict, pat
     except TypeError as e:
         raise CheckpointError(f"{path.with_name(CONFIG_NAME)}: bad {role} config ({e}); the file was edited or "
                               "written by another edifice version") from None
-    with init_empty_weights():
+    with init_empty_weights(), skip_meta_init():
         module = module_cls(cfg)
     try:
         module.load_state_dict(state_dict, strict=True, assign=True)

@@ -277,3 +277,29 @@ def test_convert_refuses_bad_files(tmp_path, capsys, damage):
     assert not (tmp_path / "out").exists()
     assert main(["convert", "--var", str(VAR), "--out", str(tmp_path / "out")]) == 1
     assert "convert: also give --var-vae" in capsys.readouterr().err
+
+
+def test_loading_runs_no_initialisation():
+    """Modules are built empty and assigned: in a fresh process, loading an edifice folder and the official pair
+    never initialises a meta tensor, whose Python reference ops import torch._dynamo (2.5 s on a GPU machine)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys, edifice; edifice.load(sys.argv[1], device='cpu'); "
+            "edifice.load_official_var(sys.argv[2], sys.argv[3], device='cpu'); print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(root / "checkpoints" / "emoji-var"),
+                          str(FIX / "vae_tiny.pth"), str(FIX / "var_tiny.pth")],
+                         capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "False"
+
+
+def test_skip_meta_init_skips_only_meta_tensors():
+    from edifice.official import skip_meta_init
+
+    init = torch.nn.init.normal_
+    with skip_meta_init():
+        real, meta = torch.zeros(1000), torch.zeros(1000, device="meta")
+        assert torch.nn.init.normal_(meta) is meta
+        torch.nn.init.normal_(real)
+    assert torch.nn.init.normal_ is init and real.std() > 0.5
