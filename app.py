@@ -43,9 +43,9 @@ START_STEPS = {"cpu": (32, 25), "gpu": (64, 100)}  # (steps, diffusion steps)
 # ZeroGPU: seconds of one AR step x one diffusion step at batch 1 (MAR-H on an H100: 2.85 ms; MAR-B 2.4 ms)
 MAR_CALL_SECONDS = 0.003
 KIND_NAMES = {"var": "VAR", "mar": "MAR (discrete)", "mar-diffusion": "MAR (diffusion head)"}
-# VAR on a GPU replays each scale as a CUDA graph (about 4x faster at batch 1), captured on the first generation
-# of a batch size and kept. ZeroGPU runs every generation in a fresh forked worker, where the capture would be
-# paid each time (about two eager generations), so there it samples eagerly.
+# On a GPU, VAR replays each scale and MAR each diffusion loop as a CUDA graph (4-5x faster at batch 1), captured
+# on first use and kept. ZeroGPU runs every generation in a fresh forked worker, where the captures would be paid
+# each time and graphs have not been tried, so there both sample eagerly.
 ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
 PREVIEWS = 16  # MAR with diffusion head: default preview interval = steps / PREVIEWS (decoding is the costly part)
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
@@ -194,7 +194,7 @@ def expected_wait(spec, steps, diffusion_steps, cfg, num_images, preview, previe
     try:
         seconds = pipe.estimate_seconds(num_steps=int(steps), num_sampling_steps=int(diffusion_steps),
                                         cfg=float(cfg), batch_size=int(num_images), preview=preview,
-                                        preview_every=int(preview_every))
+                                        preview_every=int(preview_every), cuda_graphs=False if ZERO_GPU else None)
     except (ValueError, TypeError, RuntimeError):  # settings Generate will explain; no GPU outside a ZeroGPU call
         return ""
     hint = " · fewer steps or diffusion steps shorten it" if seconds > 60 else ""
@@ -252,7 +252,7 @@ def generate(model: str = "", class_name: str = "random", scales: list | None = 
         kw.update(num_steps=int(steps), schedule=schedule, randomness=float(randomness))
     else:
         kw.update(num_steps=int(steps), cfg_schedule=cfg_schedule, num_sampling_steps=int(diffusion_steps),
-                  preview_every=int(preview_every))
+                  preview_every=int(preview_every), cuda_graphs=False if ZERO_GPU else None)
     frames, thumbs, rows, t0 = [], [], [], time.perf_counter()
     ACTIVE["runs"] += 1
     try:

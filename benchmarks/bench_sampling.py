@@ -18,8 +18,9 @@ values. MAR with diffusion head uses ``--mar-steps`` AR steps and ``--diffusion-
 Prints the machine, torch version and dtype with every table and writes benchmarks/results/<--out>.json (with
 plain images per second and, on a GPU, the peak GPU memory of the last streamed run).
 Each number is the median of ``--repeats`` runs after one warm-up run (``--no-warmup``: none).
-On CUDA, VAR replays each scale as a CUDA graph (the default; the warm-up run captures them); ``--eager``
-times it without. ``--previews`` picks the streamed modes ('' times plain generations only).
+On CUDA, VAR replays each scale and MAR with diffusion head each diffusion loop as a CUDA graph (the default;
+the warm-up run captures them); ``--eager`` times them without. ``--previews`` picks the streamed modes ('' times
+plain generations only).
 """
 
 from __future__ import annotations
@@ -138,8 +139,11 @@ def bench(spec: str, dtype_name: str, repeats: int, batches=(1, 8), mar_steps: i
           diffusion_steps: int = 100, warmup: bool = True, eager: bool = False,
           modes=("full", "fast", "latent")) -> list[dict]:
     pipe = make(spec, dtype_name)
-    kw_model = {"mar": dict(num_steps=16), "var": dict(cuda_graphs=False) if eager else {},
+    kw_model = {"mar": dict(num_steps=16), "var": {},
                 "mar-diffusion": dict(num_steps=mar_steps, num_sampling_steps=diffusion_steps)}[pipe.kind]
+    if eager and pipe.kind != "mar":
+        kw_model["cuda_graphs"] = False
+    name = spec + (" eager" if eager and pipe.device.type == "cuda" and pipe.kind != "mar" else "")
     rows = []
     for batch in batches:
         kw = dict(labels=list(range(batch)), seed=0, **kw_model)
@@ -147,7 +151,7 @@ def bench(spec: str, dtype_name: str, repeats: int, batches=(1, 8), mar_steps: i
             timed_generate(pipe, **kw)
         plain = median(timed_generate(pipe, **kw) for _ in range(repeats))
         if not modes:
-            rows.append({"model": spec, "kind": pipe.kind, "dtype": dtype_name, "batch": batch, "preview": "none",
+            rows.append({"model": name, "kind": pipe.kind, "dtype": dtype_name, "batch": batch, "preview": "none",
                          "settings": kw_model, "plain_s": plain, "per_image_s": plain / batch,
                          "images_per_s": batch / plain, "peak_gpu_gb": peak_gpu_gb(pipe.device)})
         for mode in modes:
@@ -155,7 +159,6 @@ def bench(spec: str, dtype_name: str, repeats: int, batches=(1, 8), mar_steps: i
                 timed_stream(pipe, preview=mode, **kw)
             runs = [timed_stream(pipe, preview=mode, **kw) for _ in range(repeats)]
             total, steps = median(r[1] for r in runs), len(runs[0][2])
-            name = spec + (" eager" if eager and pipe.device.type == "cuda" and pipe.kind == "var" else "")
             rows.append({"model": name, "kind": pipe.kind, "dtype": dtype_name, "batch": batch,
                          "preview": mode, "steps": steps, "settings": kw_model,
                          "first_record_s": median(r[0] for r in runs), "total_s": total, "plain_s": plain,
@@ -205,7 +208,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--diffusion-steps", type=int, default=100, help="its diffusion steps")
     ap.add_argument("--out", default="sampling", help="name of the JSON report in benchmarks/results/")
     ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up runs (for runs of many seconds)")
-    ap.add_argument("--eager", action="store_true", help="VAR on CUDA without its CUDA graphs")
+    ap.add_argument("--eager", action="store_true", help="VAR and MAR with diffusion head without CUDA graphs")
     ap.add_argument("--previews", default="full,fast,latent", help="streamed modes to time ('' = plain only)")
     args = ap.parse_args(argv)
     batches = tuple(int(b) for b in args.batches.split(","))

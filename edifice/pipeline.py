@@ -26,6 +26,19 @@ def check_preview(preview) -> None:
         raise ValueError(f"preview must be True/'full', 'fast', 'latent' or False, got {preview!r}")
 
 
+def resolve_cuda_graphs(model: nn.Module, cuda_graphs: bool | None) -> bool:
+    """Whether a sampler replays CUDA graphs: None = whenever the whole model is on one CUDA device (graphs need
+    fixed addresses, so not with accelerate's offloading); True demands it; False never."""
+    devices = {p.device for p in model.parameters()}
+    offloaded = any(hasattr(m, "_hf_hook") for m in model.modules())
+    whole = len(devices) == 1 and next(iter(devices)).type == "cuda" and not offloaded
+    if cuda_graphs and not whole:
+        where = "partly offloaded to CPU" if offloaded else "on " + ", ".join(sorted(map(str, devices)))
+        raise ValueError(f"cuda_graphs=True needs the whole model on one CUDA device; it is {where}. Leave "
+                         "cuda_graphs at None (automatic) or pass False.")
+    return whole if cuda_graphs is None else bool(cuda_graphs)
+
+
 class Pipeline:
     kind: str = ""  # "var" | "mar" | "mar-diffusion"
 

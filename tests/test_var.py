@@ -122,7 +122,7 @@ def test_cuda_graphs_are_automatic_and_refused_off_cuda(pipe):
     eager = [s.tokens for s in pipe.stream(labels=[3], seed=5, top_k=4, preview=False, cuda_graphs=False)]
     auto = [s.tokens for s in pipe.stream(labels=[3], seed=5, top_k=4, preview=False)]
     assert all(torch.equal(a, b) for a, b in zip(eager, auto, strict=True))
-    with pytest.raises(ValueError, match="needs the model on a CUDA device.*cpu.*cuda_graphs at None"):
+    with pytest.raises(ValueError, match="needs the whole model on one CUDA device; it is on cpu.*cuda_graphs at None"):
         next(pipe.stream(labels=[3], seed=5, cuda_graphs=True))
     caches = var_mod.new_caches(pipe.var, 2, [0, 1])
     assert caches[0].k.shape[2] == sum(pn * pn for pn in pipe.var.patch_nums[:2])

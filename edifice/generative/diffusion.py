@@ -103,36 +103,48 @@ def respaced_schedule(num_sampling_steps: str | int, train_steps: int = TRAIN_ST
         sqrt_recip_alphas_cumprod=np.sqrt(1.0 / ac), sqrt_recipm1_alphas_cumprod=np.sqrt(1.0 / ac - 1))
 
 
+@cache
+def schedule_tensors(num_sampling_steps: str | int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """What :func:`p_sample_loop` reads of ``respaced_schedule(num_sampling_steps)``, as float32 tensors on
+    ``device``, made once (so the loop copies nothing to the device and can be captured as a CUDA graph):
+    log beta, clipped posterior log-variance, sqrt(1/alpha_bar), sqrt(1/alpha_bar - 1), the two posterior-mean
+    coefficients, and the original timesteps (int64)."""
+    sched = respaced_schedule(num_sampling_steps)
+    names = ("posterior_log_variance_clipped", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+             "posterior_mean_coef1", "posterior_mean_coef2")
+    return (torch.from_numpy(np.log(sched.betas)).float().to(device),
+            *(torch.from_numpy(getattr(sched, n)).float().to(device) for n in names),
+            torch.from_numpy(sched.timestep_map).to(device))
+
+
+def step_noise(generator: torch.Generator | None, rows: int, N: int, C: int, num_steps: int,
+               device: torch.device) -> torch.Tensor:
+    """The per-step noise of :func:`p_sample_loop`, ``[num_steps, N, C]``, drawn as the official sampler draws
+    it: one ``randn`` of ``[rows, C]`` per step (the last step's too), in order, keeping the first N rows. With
+    classifier-free guidance it carries a conditional and an unconditional copy of x and draws noise for both,
+    so ``rows = 2N`` keeps its random stream."""
+    return torch.stack([torch.randn((rows, C), generator=generator, device=device)[:N] for _ in range(num_steps)])
+
+
 def p_sample_loop(net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise_NC: torch.Tensor,
-                  schedule: Schedule, temperature: float = 1.0, generator: torch.Generator | None = None,
-                  noise_rows: int | None = None) -> torch.Tensor:
+                  coefs: tuple[torch.Tensor, ...], noise_TNC: torch.Tensor,
+                  temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
     """Denoise ``noise_NC`` (float32) from the noisiest kept step to step 0.
 
     ``net(x_NC, t_N)`` gets the original timesteps and returns ``[N, 2C]``: eps, then the variance
     interpolation v in [-1, 1] between log beta_t and the clipped posterior log-variance. ``x0`` is not clipped.
-    One ``randn`` of ``[noise_rows, C]`` per step (the last step's too), of which the first N rows are used:
-    with classifier-free guidance the official sampler carries a conditional and an unconditional copy of x and
-    draws noise for both, so ``noise_rows = 2N`` keeps its random stream.
+    ``coefs`` come from :func:`schedule_tensors`; ``noise_TNC[k]`` is the noise of the k-th step taken (the
+    noisiest first; :func:`step_noise`). Deterministic given its inputs, so it replays as one CUDA graph.
     """
-    N, C = noise_NC.shape
-    device = noise_NC.device
-
-    def coef(name: str) -> torch.Tensor:
-        return torch.from_numpy(getattr(schedule, name)).to(device).float()
-
-    log_beta, log_post = torch.from_numpy(np.log(schedule.betas)).to(device).float(), coef(
-        "posterior_log_variance_clipped")
-    recip, recipm1 = coef("sqrt_recip_alphas_cumprod"), coef("sqrt_recipm1_alphas_cumprod")
-    coef1, coef2 = coef("posterior_mean_coef1"), coef("posterior_mean_coef2")
-    timesteps = torch.from_numpy(schedule.timestep_map).to(device)
+    log_beta, log_post, recip, recipm1, coef1, coef2, timesteps = coefs
+    N = noise_NC.shape[0]
     x = noise_NC
-    for i in reversed(range(schedule.num_steps)):
+    for k, i in enumerate(reversed(range(len(timesteps)))):
         out = net(x, timesteps[i].expand(N)).float()
-        eps, v = out[:, :C], out[:, C:]
+        eps, v = out.chunk(2, dim=1)
         frac = (v + 1) / 2
         log_var = frac * log_beta[i] + (1 - frac) * log_post[i]
         x0 = recip[i] * x - recipm1[i] * eps
         mean = coef1[i] * x0 + coef2[i] * x
-        noise = torch.randn((noise_rows or N, C), generator=generator, device=device)[:N]
-        x = mean + (torch.exp(0.5 * log_var) * noise * temperature if i > 0 else 0.0)
+        x = mean + torch.exp(0.5 * log_var) * noise_TNC[k] * temperature if i > 0 else mean
     return x

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..pipeline import Pipeline, check_preview
+from ..pipeline import Pipeline, check_preview, resolve_cuda_graphs
 from ..tokenizers.klvae import KLVAE
 from .blocks import Block, modulate, timestep_embedding
-from .diffusion import p_sample_loop, respaced_schedule
+from .diffusion import p_sample_loop, respaced_schedule, schedule_tensors, step_noise
 from .var import new_seed, resolve_labels
 
 CFG_SCHEDULES = ("linear", "constant")
@@ -166,20 +166,68 @@ class DiffLoss(nn.Module):
         self.net = SimpleMLPAdaLN(target_channels, width, z_channels, depth)
 
     def sample(self, z_ND: torch.Tensor, temperature: float = 1.0, cfg: float | torch.Tensor = 1.0,
-               num_sampling_steps: int | str = 100, generator: torch.Generator | None = None) -> torch.Tensor:
+               num_sampling_steps: int | str = 100, generator: torch.Generator | None = None,
+               cuda_graphs: bool = False) -> torch.Tensor:
         """One token ``[N, C]`` per condition row. With ``cfg != 1`` the first half of ``z`` is conditional and
-        the second unconditional, and N is half the rows."""
-        schedule = respaced_schedule(num_sampling_steps)
+        the second unconditional, and N is half the rows. The noise is drawn first (the official draws, in
+        order), then the loop runs eagerly or, with ``cuda_graphs``, replays as one CUDA graph
+        (:class:`SamplerGraphs`): the same numbers either way."""
         guided = not (cfg == 1.0)
-        N = z_ND.shape[0] // 2 if guided else z_ND.shape[0]
-        noise = torch.randn((N, self.net.in_channels), generator=generator, device=z_ND.device)
+        N, C = (z_ND.shape[0] // 2 if guided else z_ND.shape[0]), self.net.in_channels
+        coefs = schedule_tensors(num_sampling_steps, z_ND.device)
+        noise_NC = torch.randn((N, C), generator=generator, device=z_ND.device)
+        noise_TNC = step_noise(generator, 2 * N if guided else N, N, C, len(coefs[-1]), z_ND.device)
+        if not cuda_graphs:
+            return self._denoise(coefs, z_ND, cfg, temperature, noise_NC, noise_TNC, guided)
+        if getattr(self, "_graphs", None) is None:
+            self._graphs = SamplerGraphs()
+        f32 = dict(dtype=torch.float32, device=z_ND.device)
+        key = (tuple(z_ND.shape), str(num_sampling_steps), guided, tuple(p.data_ptr() for p in self.parameters()))
+        return self._graphs.run(key, lambda *x: self._denoise(coefs, *x, guided), z_ND,
+                                torch.as_tensor(cfg, **f32), torch.as_tensor(temperature, **f32), noise_NC, noise_TNC)
+
+    def _denoise(self, coefs, z_ND, cfg, temperature, noise_NC, noise_TNC, guided: bool) -> torch.Tensor:
         if guided:
             def net(x, t):
                 return self.net.forward_with_cfg(x, t.repeat(2), z_ND, cfg)
         else:
             def net(x, t):
                 return self.net(x, t, z_ND)
-        return p_sample_loop(net, noise, schedule, temperature, generator, noise_rows=2 * N if guided else N)
+        return p_sample_loop(net, noise_NC, coefs, noise_TNC, temperature)
+
+
+class SamplerGraphs:
+    """CUDA graphs of the diffusion head's whole sampling loop, one per input shape (tokens this step, steps).
+
+    At small batches the loop is 100 calls of a small MLP, thousands of short kernels that the GPU waits for
+    the CPU to launch: MAR-B spends most of a 256-step generation there (62 s on an H100 at batch 1). A graph
+    launches a loop at once. Inputs are copied into static buffers, the graph replays, the output is copied
+    out, under a lock, so concurrent and interleaved generations are safe. Captured on first use of a shape
+    (after one eager warm-up run on a side stream) and kept by the :class:`DiffLoss`."""
+
+    def __init__(self):
+        self.graphs: dict = {}
+        self.lock = threading.Lock()
+
+    def run(self, key, fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+        with self.lock:
+            if key not in self.graphs:
+                self.graphs = {k: v for k, v in self.graphs.items() if k[-1] == key[-1]}  # weights moved: drop
+                static = [x.clone() for x in inputs]
+                side = torch.cuda.Stream(static[0].device)
+                side.wait_stream(torch.cuda.current_stream(static[0].device))
+                with torch.cuda.stream(side):
+                    fn(*static)
+                torch.cuda.current_stream(static[0].device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    out = fn(*static)
+                self.graphs[key] = (graph, static, out)
+            graph, static, out = self.graphs[key]
+            for buffer, x in zip(static, inputs, strict=True):
+                buffer.copy_(x)
+            graph.replay()
+            return out.clone()
 
 
 # -- the transformer --------------------------------------------------------------------------------------------
@@ -338,7 +386,7 @@ def check_sampling(seq_len: int, num_steps: int, cfg: float, cfg_schedule: str, 
 def stream_tokens(model: DiffusionMAR, *, labels=None, batch_size: int = 1, num_steps: int = 64, cfg: float = 1.0,
                   cfg_schedule: str = "linear", temperature: float = 1.0, num_sampling_steps: int | str = 100,
                   seed: int | None = None, render: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                  preview_every: int = 1) -> Iterator[DiffusionMARStep]:
+                  preview_every: int = 1, cuda_graphs: bool | None = None) -> Iterator[DiffusionMARStep]:
     """The official ``sample_tokens``, yielding a :class:`DiffusionMARStep` after each of ``num_steps`` steps.
 
     Each step runs the transformer on the whole sequence (doubled with the null class when ``cfg != 1``),
@@ -346,13 +394,15 @@ def stream_tokens(model: DiffusionMAR, *, labels=None, batch_size: int = 1, num_
     with the diffusion head (``num_sampling_steps`` respaced steps, guidance on eps, ``temperature`` scaling
     the per-step noise). ``labels``: None = drawn at random, an int = whole batch (negative = unconditional),
     a list = one per image. ``render(tokens_BLC, mask_BL) -> image`` is called every ``preview_every`` steps and at
-    the last one.
+    the last one. ``cuda_graphs``: replay each step's diffusion loop as a CUDA graph (:class:`SamplerGraphs`;
+    None = whenever the whole model is on one CUDA device; the same tokens as eager sampling).
     """
     L = model.cfg.seq_len
     check_sampling(L, num_steps, cfg, cfg_schedule, temperature, num_sampling_steps)
     if preview_every < 1:
         raise ValueError(f"preview_every must be >= 1, got {preview_every}")
     device = model.fake_latent.device
+    graphs = resolve_cuda_graphs(model, cuda_graphs)
     seed = new_seed() if seed is None else int(seed)
     label_B = resolve_labels(labels, batch_size, model.num_classes, torch.Generator(device).manual_seed(seed),
                              device)
@@ -378,7 +428,7 @@ def stream_tokens(model: DiffusionMAR, *, labels=None, batch_size: int = 1, num_
             z_BLD = model(tokens_BLC.repeat(rep, 1, 1), mask_BL.repeat(rep, 1), class_emb)
             z_ND = z_BLD[revealed_BL.repeat(rep, 1)]
             tokens_BLC = tokens_BLC.clone()
-            tokens_BLC[revealed_BL] = model.diffloss.sample(z_ND, temperature, scale, num_sampling_steps, rng)
+            tokens_BLC[revealed_BL] = model.diffloss.sample(z_ND, temperature, scale, num_sampling_steps, rng, graphs)
         mask_BL = next_mask_BL
         show = render is not None and (last or (s + 1) % preview_every == 0)
         image = render(tokens_BLC, mask_BL) if show else None
@@ -445,11 +495,13 @@ class DiffusionMARPipeline(Pipeline):
     @torch.inference_mode()
     def estimate_seconds(self, *, num_steps: int = 64, num_sampling_steps: int = 100, cfg: float = 1.0,
                          cfg_schedule: str = "linear", temperature: float = 1.0, batch_size: int = 1,
-                         preview: bool | str = True, preview_every: int = 1, **_) -> float:
+                         preview: bool | str = True, preview_every: int = 1, cuda_graphs: bool | None = None,
+                         **_) -> float:
         """Expected wall time of ``stream(...)`` with these settings on this pipeline's device, from timing the
         parts once (a transformer pass with half the tokens known, one diffusion-head call on a step's share
-        of tokens, one preview decode), each run twice and the second timed, then cached by its size: about
-        ten seconds on a CPU the first time for MAR-B. Settings ``stream`` would refuse raise its ValueError."""
+        of tokens, or with CUDA graphs a step's whole replayed diffusion loop, one preview decode), each run
+        twice and the second timed, then cached by its size: about ten seconds on a CPU the first time for
+        MAR-B. Settings ``stream`` would refuse raise its ValueError."""
         check_sampling(self.seq_len, num_steps, cfg, cfg_schedule, temperature, num_sampling_steps)
         check_preview(preview)
         rows = batch_size * (2 if cfg != 1.0 else 1)
@@ -469,12 +521,18 @@ class DiffusionMARPipeline(Pipeline):
             z = torch.zeros(per_step * rep, self.model.cfg.decoder_embed_dim, device=device)
             net.forward_with_cfg(x, t, z, cfg) if rep == 2 else net(x, t, z)
 
+        def loop():  # with CUDA graphs a step's whole diffusion loop, as stream replays it
+            z = torch.zeros(per_step * rows // batch_size, self.model.cfg.decoder_embed_dim, device=device)
+            self.model.diffloss.sample(z, temperature, cfg, num_sampling_steps, torch.Generator(device), True)
+
         def decoder(mode: str):
             self.render(torch.zeros(batch_size, L, self.model.cfg.token_embed_dim, device=device), mode)
 
-        diffusion_steps = respaced_schedule(num_sampling_steps).num_steps
-        seconds = num_steps * (self._timed(("transformer", rows), transformer)
-                               + diffusion_steps * self._timed(("head", per_step, rows), head))
+        if resolve_cuda_graphs(self.model, cuda_graphs):
+            diffusion = self._timed(("loop", per_step, rows, str(num_sampling_steps)), loop)
+        else:
+            diffusion = respaced_schedule(num_sampling_steps).num_steps * self._timed(("head", per_step, rows), head)
+        seconds = num_steps * (self._timed(("transformer", rows), transformer) + diffusion)
         if preview:
             mode = preview if isinstance(preview, str) else "full"
             previews = math.ceil(num_steps / preview_every)

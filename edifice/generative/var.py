@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..pipeline import Pipeline, check_preview
+from ..pipeline import Pipeline, check_preview, resolve_cuda_graphs
 from ..tokenizers.vqvae import VQVAE, VQVAEConfig
 from .blocks import FFN, KVCache, SelfAttention, modulate
 
@@ -334,21 +334,6 @@ def new_caches(var: VAR, batch: int, scale_ids: Sequence[int]) -> list[KVCache]:
             for _ in var.blocks]
 
 
-def use_cuda_graphs(var: VAR, cuda_graphs: bool | None) -> bool:
-    """Whether to sample with :class:`ScaleGraphs`: None = when the whole model is on one CUDA device."""
-    on_cuda = var.lvl_1L.device.type == "cuda"
-    offloaded = any(hasattr(m, "_hf_hook") for m in var.modules())
-    if cuda_graphs is None:
-        return on_cuda and not offloaded
-    if cuda_graphs and not on_cuda:
-        raise ValueError(f"cuda_graphs=True needs the model on a CUDA device; it is on {var.lvl_1L.device}. "
-                         "Leave cuda_graphs at None (automatic) or pass False.")
-    if cuda_graphs and offloaded:
-        raise ValueError("cuda_graphs=True needs every block on the GPU; this model is partly offloaded to CPU. "
-                         "Leave cuda_graphs at None (automatic) or pass False.")
-    return bool(cuda_graphs)
-
-
 class ScaleGraphs:
     """CUDA graphs of VAR's per-scale transformer pass (every block, then the head), one per scale, for one
     batch size and scale list. At small batches a scale is a few hundred short kernels and the GPU waits on
@@ -449,7 +434,7 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
     cond = var.block_cond(cond_BD)
     x_BLC = var.sos(cond_BD) + var.lvl_pos(slice(0, var.first_l))
     f_hat = torch.zeros(B, vae.Cvae, H, H, device=device)
-    graphs = var.scale_graphs(B, scale_ids) if use_cuda_graphs(var, cuda_graphs) else None
+    graphs = var.scale_graphs(B, scale_ids) if resolve_cuda_graphs(var, cuda_graphs) else None
     caches = None if graphs else new_caches(var, 2 * B, scale_ids)
     owner = object()  # this generation, to the graphs it shares with any other generation of the model
     for j, si in enumerate(scale_ids):
