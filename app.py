@@ -36,11 +36,12 @@ from edifice.errors import EdificeError
 MAX_IMAGES = 4
 MAX_LOADED = 2  # pipelines kept in memory
 # MAR with diffusion head: the authors' best-FID recipe, 256 steps x 100 diffusion steps, takes about 12 minutes
-# for MAR-B on 2 CPU cores and about a minute on an H100 at batch 1 (launch-bound: 25,600 small diffusion-head
-# calls; benchmarks/README.md). So the controls start lower: about a minute on a CPU, and on a GPU at the
-# authors' own demo's 64 steps (about 15 s). The user can raise them; the page states the expected wait.
+# for MAR-B on 2 CPU cores, and on an H100 at batch 1 11-22 s with CUDA graphs or a minute eagerly, as on ZeroGPU
+# (launch-bound: 25,600 small diffusion-head calls; benchmarks/README.md). So the controls start lower: about a
+# minute on a CPU, and on a GPU the authors' own demo's 64 steps (3.5 s; 16 s eagerly). The user can raise
+# them; the page states the expected wait.
 START_STEPS = {"cpu": (32, 25), "gpu": (64, 100)}  # (steps, diffusion steps)
-# ZeroGPU: seconds of one AR step x one diffusion step at batch 1 (MAR-H on an H100: 2.85 ms; MAR-B 2.4 ms)
+# ZeroGPU (eager): seconds of one AR step x one diffusion step at batch 1 (MAR-H on an H100: 2.85 ms; MAR-B 2.4)
 MAR_CALL_SECONDS = 0.003
 KIND_NAMES = {"var": "VAR", "mar": "MAR (discrete)", "mar-diffusion": "MAR (diffusion head)"}
 # On a GPU, VAR replays each scale and MAR each diffusion loop as a CUDA graph (4-5x faster at batch 1), captured
