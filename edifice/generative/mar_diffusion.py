@@ -179,6 +179,8 @@ class DiffLoss(nn.Module):
         noise_TNC = step_noise(generator, 2 * N if guided else N, N, C, len(coefs[-1]), z_ND.device)
         if not cuda_graphs:
             return self._denoise(coefs, z_ND, cfg, temperature, noise_NC, noise_TNC, guided)
+        if z_ND.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs the diffusion head on a CUDA device; it is on {z_ND.device}")
         if getattr(self, "_graphs", None) is None:
             self._graphs = SamplerGraphs()
         f32 = dict(dtype=torch.float32, device=z_ND.device)
