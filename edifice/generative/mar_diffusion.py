@@ -207,6 +207,8 @@ class SamplerGraphs:
     out, under a lock, so concurrent and interleaved generations are safe. Captured on first use of a shape
     (after one eager warm-up run on a side stream) and kept by the :class:`DiffLoss`."""
 
+    max_graphs = 64  # one per token count seen; a 256-step generation at batch 1 needs one, 64 steps about 15
+
     def __init__(self):
         self.graphs: dict = {}
         self.lock = threading.Lock()
@@ -215,6 +217,8 @@ class SamplerGraphs:
         with self.lock:
             if key not in self.graphs:
                 self.graphs = {k: v for k, v in self.graphs.items() if k[-1] == key[-1]}  # weights moved: drop
+                while len(self.graphs) >= self.max_graphs:  # the oldest shape first
+                    self.graphs.pop(next(iter(self.graphs)))
                 static = [x.clone() for x in inputs]
                 side = torch.cuda.Stream(static[0].device)
                 side.wait_stream(torch.cuda.current_stream(static[0].device))
