@@ -47,7 +47,7 @@ KIND_NAMES = {"var": "VAR", "mar": "MAR (discrete)", "mar-diffusion": "MAR (diff
 # On a GPU, VAR replays each scale and MAR each diffusion loop as a CUDA graph (4-5x faster at batch 1), captured
 # on first use and kept. ZeroGPU runs every generation in a fresh forked worker, where the captures would be paid
 # each time and graphs have not been tried, so there both sample eagerly.
-ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
+CUDA_GRAPHS = False if os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true") else None
 PREVIEWS = 16  # MAR with diffusion head: default preview interval = steps / PREVIEWS (decoding is the costly part)
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 ALLOW_LOCAL = os.environ.get("EDIFICE_ALLOW_LOCAL") == "1"
@@ -195,7 +195,7 @@ def expected_wait(spec, steps, diffusion_steps, cfg, num_images, preview, previe
     try:
         seconds = pipe.estimate_seconds(num_steps=int(steps), num_sampling_steps=int(diffusion_steps),
                                         cfg=float(cfg), batch_size=int(num_images), preview=preview,
-                                        preview_every=int(preview_every), cuda_graphs=False if ZERO_GPU else None)
+                                        preview_every=int(preview_every), cuda_graphs=CUDA_GRAPHS)
     except (ValueError, TypeError, RuntimeError):  # settings Generate will explain; no GPU outside a ZeroGPU call
         return ""
     hint = " · fewer steps or diffusion steps shorten it" if seconds > 60 else ""
@@ -247,13 +247,13 @@ def generate(model: str = "", class_name: str = "random", scales: list | None = 
     kw = dict(labels=labels, batch_size=n, cfg=float(cfg), temperature=float(temperature), seed=seed, preview=preview)
     if pipe.kind == "var":
         kw.update(scales=sorted(int(s) for s in scales) if scales else None, top_k=int(top_k), top_p=float(top_p),
-                  more_smooth=bool(more_smooth), cuda_graphs=False if ZERO_GPU else None)
+                  more_smooth=bool(more_smooth), cuda_graphs=CUDA_GRAPHS)
         colors = render.codebook_colors(pipe.tokenizer.quantize.embedding.weight)
     elif pipe.kind == "mar":
         kw.update(num_steps=int(steps), schedule=schedule, randomness=float(randomness))
     else:
         kw.update(num_steps=int(steps), cfg_schedule=cfg_schedule, num_sampling_steps=int(diffusion_steps),
-                  preview_every=int(preview_every), cuda_graphs=False if ZERO_GPU else None)
+                  preview_every=int(preview_every), cuda_graphs=CUDA_GRAPHS)
     frames, thumbs, rows, t0 = [], [], [], time.perf_counter()
     ACTIVE["runs"] += 1
     try:

@@ -9,7 +9,7 @@ images. ``defaults`` holds the sampling settings recommended for the checkpoint;
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -37,6 +37,30 @@ def resolve_cuda_graphs(model: nn.Module, cuda_graphs: bool | None) -> bool:
         raise ValueError(f"cuda_graphs=True needs the whole model on one CUDA device; it is {where}. Leave "
                          "cuda_graphs at None (automatic) or pass False.")
     return whole if cuda_graphs is None else bool(cuda_graphs)
+
+
+def weights_key(module: nn.Module) -> tuple[int, ...]:
+    """The addresses of a module's parameters: CUDA graphs captured against them go stale when any moves."""
+    return tuple(p.data_ptr() for p in module.parameters())
+
+
+def warm_up(fn: Callable[[], object], device: torch.device) -> None:
+    """Run ``fn`` once on a side stream before capturing it: cuBLAS workspaces and kernel choices are then made
+    outside the capture."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+
+
+def capture(fn: Callable[[], torch.Tensor], pool=None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """``fn()`` captured as a CUDA graph, and its output, which every replay rewrites. Other threads may use
+    CUDA meanwhile (``capture_error_mode="thread_local"``)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        out = fn()
+    return graph, out
 
 
 class Pipeline:

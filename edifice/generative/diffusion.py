@@ -7,8 +7,9 @@ interpolation v. Sampling keeps ``num_sampling_steps`` of those steps, spread ev
 network always sees the ORIGINAL timestep (0..999) of a kept step.
 
 Everything follows the official code (LTH14/mar ``diffusion/``, itself ADM's): schedules in float64 numpy,
-each coefficient cast to float32 where it is used; :func:`p_sample_loop` is ancestral DDPM sampling with MAR's
-temperature, which scales only the per-step noise ``sigma_t * delta`` (not the initial noise).
+each coefficient cast to float32 (once per device, :func:`schedule_tensors`); :func:`p_sample_loop` is
+ancestral DDPM sampling with MAR's temperature, which scales only the per-step noise ``sigma_t * delta`` (not
+the initial noise).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..pipeline import Pipeline, check_preview, resolve_cuda_graphs
+from ..pipeline import Pipeline, capture, check_preview, resolve_cuda_graphs, warm_up, weights_key
 from ..tokenizers.klvae import KLVAE
 from .blocks import Block, modulate, timestep_embedding
 from .diffusion import p_sample_loop, respaced_schedule, schedule_tensors, step_noise
@@ -184,7 +184,7 @@ class DiffLoss(nn.Module):
         if getattr(self, "_graphs", None) is None:
             self._graphs = SamplerGraphs()
         f32 = dict(dtype=torch.float32, device=z_ND.device)
-        key = (tuple(z_ND.shape), str(num_sampling_steps), guided, tuple(p.data_ptr() for p in self.parameters()))
+        key = (tuple(z_ND.shape), str(num_sampling_steps), guided, weights_key(self))
         return self._graphs.run(key, lambda *x: self._denoise(coefs, *x, guided), z_ND,
                                 torch.as_tensor(cfg, **f32), torch.as_tensor(temperature, **f32), noise_NC, noise_TNC)
 
@@ -220,16 +220,9 @@ class SamplerGraphs:
                 while len(self.graphs) >= self.max_graphs:  # the oldest shape first
                     self.graphs.pop(next(iter(self.graphs)))
                 static = [x.clone() for x in inputs]
-                side = torch.cuda.Stream(static[0].device)
-                side.wait_stream(torch.cuda.current_stream(static[0].device))
-                with torch.cuda.stream(side):
-                    fn(*static)
-                torch.cuda.current_stream(static[0].device).wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                    out = fn(*static)
-                self.graphs[key] = (graph, static, out)
-            graph, static, out = self.graphs[key]
+                warm_up(lambda: fn(*static), static[0].device)
+                self.graphs[key] = (*capture(lambda: fn(*static)), static)
+            graph, out, static = self.graphs[key]
             for buffer, x in zip(static, inputs, strict=True):
                 buffer.copy_(x)
             graph.replay()

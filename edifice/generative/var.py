@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..pipeline import Pipeline, check_preview, resolve_cuda_graphs
+from ..pipeline import Pipeline, capture, check_preview, resolve_cuda_graphs, warm_up, weights_key
 from ..tokenizers.vqvae import VQVAE, VQVAEConfig
 from .blocks import FFN, KVCache, SelfAttention, modulate
 
@@ -212,7 +212,7 @@ class VAR(nn.Module):
         """The :class:`ScaleGraphs` of this batch size and scale list, captured on first use. One set is kept
         (a new batch size, scale list, dtype or device captures anew and frees the old). Not thread-safe: the
         graphs share static buffers, so run one generation at a time per model."""
-        key = (batch_size, tuple(scale_ids), tuple(p.data_ptr() for p in self.parameters()))
+        key = (batch_size, tuple(scale_ids), weights_key(self))
         if getattr(self, "_graphs", (None,))[0] != key:
             self._graphs = (None,)  # free the old graphs before capturing the new ones
             self._graphs = (key, ScaleGraphs(self, batch_size, scale_ids))
@@ -353,21 +353,15 @@ class ScaleGraphs:
         self.cond_BD = torch.zeros(B2, var.cfg.embed_dim, dtype=dtype, device=device)
         self.x = [torch.zeros(B2, var.patch_nums[si] ** 2, var.cfg.embed_dim, dtype=dtype, device=device)
                   for si in scale_ids]
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # cuBLAS workspaces and kernel choices are made outside the capture
-            for j in range(len(self.x)):
-                self._forward(j)
-        torch.cuda.current_stream(device).wait_stream(side)
+        warm_up(lambda: [self._forward(j) for j in range(len(self.x))], device)
         self.graphs, self.logits, pool = [], [], None
         self.owner, self.next_j = None, 0
         for cache in self.caches:
             cache.len = 0
         for j in range(len(self.x)):
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                self.logits.append(self._forward(j))
+            graph, logits = capture(lambda j=j: self._forward(j), pool)
             self.graphs.append(graph)
+            self.logits.append(logits)
             pool = graph.pool()
 
     def _forward(self, j: int) -> torch.Tensor:
