@@ -42,7 +42,8 @@ from report import save_report  # noqa: E402
 import edifice  # noqa: E402
 from edifice import loading  # noqa: E402
 from edifice.generative import mar, mar_diffusion, var  # noqa: E402
-from edifice.generative.var import VAR, resolve_labels  # noqa: E402
+from edifice.generative.var import VAR  # noqa: E402
+from edifice.pipeline import resolve_labels  # noqa: E402
 from edifice.tokenizers.klvae import KLVAE  # noqa: E402
 from edifice.tokenizers.vqvae import VQVAE, VQVAEConfig  # noqa: E402
 

@@ -1,21 +1,42 @@
 """What the app and the loaders see of a model family: a tokenizer, a generator model and a streaming sampler.
 
 Every family subclasses :class:`Pipeline`: ``stream(**kwargs)`` yields one record per step (MAR, discrete or
-with diffusion head) or scale
-(VAR), each carrying at least ``step``, ``num_steps``, ``tokens``, ``image`` ([B, 3, H, W] in [0, 1] or None
-when previews are off), ``seconds``, ``labels`` and ``seed``; ``generate(**kwargs)`` returns the final
-images. ``defaults`` holds the sampling settings recommended for the checkpoint; explicit arguments win.
+with diffusion head) or scale (VAR), each carrying at least ``step``, ``num_steps``, ``tokens``, ``image``
+([B, 3, H, W] in [0, 1] or None when previews are off), ``seconds``, ``labels`` and ``seed``;
+``generate(**kwargs)`` returns the final images. ``defaults`` holds the sampling settings recommended for the
+checkpoint; explicit arguments win.
+
+A family also describes itself, so that a UI can be built without naming it (``app.py`` names no family):
+
+- ``family`` (display name), ``step_name`` ("scale", "step", ...), ``legend`` (how to read the token view) and
+  ``uncertainty_legend``;
+- :meth:`Pipeline.controls`: its sampling settings as :class:`Control` s (``stream()`` keyword, type, range,
+  default = the checkpoint's recommended value, one line of help); :meth:`Control.check` converts and checks
+  a visitor's value before any work starts;
+- :meth:`Pipeline.status`: one status line per step record; :meth:`Pipeline.token_view`: the record's token
+  map as a picture; :meth:`Pipeline.token_stats`: what the model believed at every position (top candidates,
+  probability of the drawn token, entropy) as a compact :class:`TokenStats`, from which
+  :func:`edifice.render.uncertainty_view` and :meth:`TokenStats.inspect` draw the uncertainty map and one
+  position's candidates;
+- :meth:`Pipeline.estimate_seconds`: the wall time a request will take here, when the family can say.
+
+Shared sampling pieces live here once: :func:`new_seed`, :func:`resolve_labels`, :func:`cfg_mix`,
+:func:`sample_top_k_top_p_`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 PREVIEW_MODES = (True, False, None, "full", "fast", "latent")
+PREVIEW_HELP = ("full: decode the whole latent (exact); fast: a smaller latent (cheaper, blocky); latent: colours "
+                "from a linear map of the latent (nearly free); the last step is always exact")
 
 
 def check_preview(preview) -> None:
@@ -63,8 +84,194 @@ def capture(fn: Callable[[], torch.Tensor], pool=None) -> tuple[torch.cuda.CUDAG
     return graph, out
 
 
+# -- shared sampling pieces -----------------------------------------------------------------------------------
+def new_seed() -> int:
+    """A fresh seed for ``seed=None`` (reported in every step record, so the run can be repeated)."""
+    return int(torch.randint(0, 2 ** 31 - 1, (1,)).item())
+
+
+def resolve_labels(labels, batch_size: int, num_classes: int, rng: torch.Generator, device) -> torch.Tensor:
+    """Labels as the official samplers read them: None = drawn uniformly from ``rng`` (its first draw), an int
+    = that class for the whole batch (negative = unconditional, i.e. the null class ``num_classes``), a list
+    = one class per image."""
+    if labels is None:
+        uniform = torch.full((1, num_classes), 1.0 / num_classes, device=device)
+        return torch.multinomial(uniform, batch_size, replacement=True, generator=rng).reshape(batch_size)
+    if isinstance(labels, int):
+        labels = [num_classes if labels < 0 else labels] * batch_size
+    label_B = torch.as_tensor(labels if torch.is_tensor(labels) else list(labels), device=device).long()
+    bad = [int(x) for x in label_B.tolist() if not 0 <= x <= num_classes]
+    if bad:
+        raise ValueError(f"unknown class {bad[0]}: this model has classes 0..{num_classes - 1} "
+                         f"({num_classes} = unconditional)")
+    return label_B
+
+
+def cfg_mix(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance ``u + scale (c - u)`` (scale 1 = the conditional prediction). VAR's official
+    ``(1 + t) c - t u`` is the same with scale = 1 + t but rounds differently, so VAR keeps its own form."""
+    return uncond + scale * (cond - uncond)
+
+
+def sample_top_k_top_p_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0,
+                        rng: torch.Generator | None = None) -> torch.Tensor:
+    """Filter logits in place (top-k keeps ties at the threshold; top-p always keeps the best token) and draw
+    one token per position with a single ``torch.multinomial`` call, as the official VAR sampler does."""
+    B, l, V = logits_BlV.shape
+    if top_k > 0:
+        kth = logits_BlV.topk(top_k, largest=True, sorted=False, dim=-1)[0].amin(dim=-1, keepdim=True)
+        logits_BlV.masked_fill_(logits_BlV < kth, -torch.inf)
+    if top_p > 0:
+        sorted_logits, sorted_idx = logits_BlV.sort(dim=-1, descending=False)
+        remove = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
+        remove[..., -1:] = False
+        logits_BlV.masked_fill_(remove.scatter(sorted_idx.ndim - 1, sorted_idx, remove), -torch.inf)
+    probs = logits_BlV.softmax(dim=-1).view(-1, V)
+    return torch.multinomial(probs, num_samples=1, replacement=True, generator=rng).view(B, l)
+
+
+# -- how a family describes itself ----------------------------------------------------------------------------
+CONTROL_KINDS = ("int", "float", "bool", "choice", "multi")
+
+
+@dataclass(frozen=True)
+class Control:
+    """One sampling setting of a family as a UI shows it. ``name`` is the ``stream()`` keyword; ``kind`` one of
+    int / float / bool / choice (one of ``choices``) / multi (a list drawn from ``choices``); ``default`` is the
+    checkpoint's recommended value; ``help`` one line for the UI."""
+
+    name: str
+    kind: str
+    default: object
+    label: str
+    help: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: tuple = ()
+
+    def __post_init__(self):
+        if self.kind not in CONTROL_KINDS:
+            raise ValueError(f"control kind must be one of {CONTROL_KINDS}, got {self.kind!r}")
+
+    def check(self, value):
+        """``value`` converted to this control's type (numbers may come as strings from an HTTP client), or a
+        ValueError that names the control and its allowed values; a NaN, an infinity or a number out of range
+        never reaches a sampler."""
+        name = f"{self.label} ({self.name})"
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).strip().lower() in ("true", "false"):
+                return str(value).strip().lower() == "true"
+            raise ValueError(f"{name} must be true or false, got {_short(value)}")
+        if self.kind == "choice":
+            for c in self.choices:
+                if value == c or str(value) == str(c):
+                    return c
+            raise ValueError(f"{name} must be one of {', '.join(map(str, self.choices))}; got {_short(value)}")
+        if self.kind == "multi":
+            values = [value] if isinstance(value, str | int | float) else value
+            if not isinstance(values, list | tuple) or not values:
+                raise ValueError(f"{name} must be a non-empty list of {', '.join(map(str, self.choices))}")
+            return [Control(self.name, "choice", None, self.label, choices=self.choices).check(v) for v in values]
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or (self.kind == "int" and number != int(number)):
+            what = "a whole number" if self.kind == "int" else "a number"
+            raise ValueError(f"{name} must be {what}{self._range()}, got {_short(value)}")
+        number = int(number) if self.kind == "int" else number
+        if (self.minimum is not None and number < self.minimum) or (self.maximum is not None
+                                                                    and number > self.maximum):
+            raise ValueError(f"{name} must be{self._range()}, got {_short(value)}")
+        return number
+
+    def _range(self) -> str:
+        lo, hi = self.minimum, self.maximum
+        if lo is not None and hi is not None:
+            return f" from {lo:g} to {hi:g}"
+        if lo is not None:
+            return f" of at least {lo:g}"
+        return f" of at most {hi:g}" if hi is not None else ""
+
+
+def _short(value, limit: int = 40) -> str:
+    """A visitor's value as echoed in a message: repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+
+
+@dataclass
+class TokenStats:
+    """What a model believed at every position of one step's token map (image b, position n = row * cols +
+    col), kept compact for a player: the ``k`` best candidates with their probabilities, the drawn token and its
+    probability, the entropy (nats), and ``heat``: the one number per position that the uncertainty view shows
+    (in [0, 1], nan = not shown), named by ``heat_label``. ``note`` says which distribution the candidates come
+    from (e.g. "after CFG and temperature, before top-k/top-p"); ``drawn`` is -1 where nothing was drawn.
+    A family whose tokens have no distribution over a vocabulary (continuous tokens) has ``k = 0``."""
+
+    grid: tuple[int, int]  # rows, cols of each image's token map
+    top_ids: torch.Tensor  # [B, N, k] long
+    top_probs: torch.Tensor  # [B, N, k] float32
+    drawn: torch.Tensor  # [B, N] long, -1 = nothing drawn here at this step
+    drawn_prob: torch.Tensor  # [B, N] float32, nan where nothing drawn
+    entropy: torch.Tensor  # [B, N] float32, nan where not computed
+    heat: torch.Tensor  # [B, N] float32 in [0, 1], nan = not shown
+    heat_label: str
+    note: str
+    token_names: Callable[[int], str] | None = None
+
+    @classmethod
+    def from_logits(cls, logits_BNV: torch.Tensor, drawn_BN: torch.Tensor, grid: tuple[int, int], note: str,
+                    temperature: float = 1.0, active_BN: torch.Tensor | None = None, heat: str = "drawn",
+                    k: int = 8, token_names: Callable[[int], str] | None = None) -> TokenStats:
+        """From logits (divided by ``temperature`` unless it is 0 or 1) and the drawn ids. ``active_BN``: the
+        positions decided at this step (default all; elsewhere nothing is reported as drawn and the heat is
+        nan). ``heat``: "drawn" = probability of the drawn token, "entropy" = entropy / log(V)."""
+        logits = logits_BNV.detach().float()
+        if temperature not in (0, 1):
+            logits = logits / temperature
+        logp = logits.log_softmax(-1)
+        probs = logp.exp()
+        top_probs, top_ids = probs.topk(min(k, probs.shape[-1]), dim=-1)
+        entropy = -(probs * logp).nan_to_num(0.0).sum(-1)
+        active = torch.ones_like(drawn_BN, dtype=torch.bool) if active_BN is None else active_BN.bool()
+        drawn = torch.where(active, drawn_BN, -1)
+        drawn_prob = torch.where(active, probs.gather(-1, drawn_BN.clamp_min(0)[..., None])[..., 0], torch.nan)
+        if heat == "drawn":
+            value, label = drawn_prob, "probability of the drawn token"
+        else:
+            value, label = torch.where(active, entropy / math.log(probs.shape[-1]), torch.nan), "entropy / log V"
+        return cls(grid, top_ids.cpu(), top_probs.cpu(), drawn.cpu(), drawn_prob.cpu(), entropy.cpu(),
+                   value.clamp(0, 1).cpu(), label, note, token_names)
+
+    def inspect(self, b: int, row: int, col: int) -> dict:
+        """One position: ``{"position", "candidates": {name: prob}, "drawn", "drawn_prob", "entropy", "heat",
+        "heat_label", "note"}``; names come from ``token_names`` (default ``"code 17"``)."""
+        rows, cols = self.grid
+        if not (0 <= b < self.heat.shape[0] and 0 <= row < rows and 0 <= col < cols):
+            raise ValueError(f"no token at image {b + 1}, row {row}, column {col}: the map is {rows}x{cols}")
+        n, name = row * cols + col, self.token_names or (lambda i: f"code {i}")
+        drawn = int(self.drawn[b, n])
+        return {"position": (row, col), "note": self.note, "heat": float(self.heat[b, n]),
+                "heat_label": self.heat_label,
+                "candidates": {name(int(i)): float(p) for i, p in zip(self.top_ids[b, n], self.top_probs[b, n],
+                                                                      strict=True)},
+                "drawn": name(drawn) if drawn >= 0 else None, "drawn_prob": float(self.drawn_prob[b, n]),
+                "entropy": float(self.entropy[b, n])}
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.top_ids, self.top_probs, self.drawn, self.drawn_prob,
+                                                          self.entropy, self.heat))
+
+
 class Pipeline:
-    kind: str = ""  # "var" | "mar" | "mar-diffusion"
+    kind: str = ""  # "var" | "mar" | "mar-diffusion" | ...: the checkpoint format's family key
+    family: str = ""  # display name, e.g. "MAR (discrete)"
+    step_name: str = "step"  # what one streamed record is called: "scale", "step", ...
+    legend: str = ""  # how to read token_view, one or two sentences
 
     def __init__(self, tokenizer: nn.Module, model: nn.Module, class_names: list[str] | None = None,
                  defaults: dict | None = None):
@@ -83,6 +290,36 @@ class Pipeline:
     @property
     def num_classes(self) -> int:
         return self.model.num_classes
+
+    @property
+    def image_size(self) -> int:
+        raise NotImplementedError
+
+    def controls(self) -> list[Control]:
+        """The sampling settings this family takes besides labels, seed and batch size (see :class:`Control`),
+        with the checkpoint's recommended values as defaults."""
+        return []
+
+    def settings_note(self, **settings) -> str:
+        """A one-line remark on a combination of settings (e.g. the tokens a scale list makes), shown before
+        generating; a ValueError explains a combination that cannot run."""
+        return ""
+
+    def estimate_seconds(self, **settings) -> float | None:
+        """Wall time a generation with these settings takes on this device, when the family can tell."""
+        return None
+
+    def status(self, step) -> str:
+        """One line for a step record: ``"step 3/16 · 42 ms"`` plus what the family adds."""
+        return f"{self.step_name} {step.step + 1}/{step.num_steps} · {step.seconds * 1e3:.0f} ms"
+
+    def token_view(self, step, target: int = 256):
+        """The record's token map as a PIL image, the batch side by side (see :data:`legend`)."""
+        raise NotImplementedError
+
+    def token_stats(self, step) -> TokenStats | None:
+        """What the model believed at every position of this record (see :class:`TokenStats`)."""
+        return None
 
     def _sample(self, **kwargs) -> Iterator:
         raise NotImplementedError

@@ -8,6 +8,8 @@
   confidence they were chosen with, the positions revealed in this step outlined in white.
 - :func:`latent_token_view`: the reveal map of MAR with diffusion head: unknown positions dark, known tokens
   coloured by a fixed projection of their latent channels, the positions filled in this step outlined in white.
+- :func:`uncertainty_view`: one number per token position of a :class:`~edifice.pipeline.TokenStats` (the
+  probability of the drawn token, an entropy, a time) on the same colour ramp, positions without one dark.
 - :func:`filmstrip`: thumbnails of all steps so far in one image (one payload per update, whatever the count).
 - :func:`save_animation`: the whole decode as an animated GIF or WebP, one frame per step.
 """
@@ -112,6 +114,16 @@ def latent_token_view(tokens_BLC: torch.Tensor, mask_BL: torch.Tensor, revealed_
     proj = tokens_BLC.detach().float().cpu() @ basis_C3 * math.sqrt(C / 3)
     rgb = (proj.tanh().mul(0.5).add(0.5) * 215 + 40).round().byte().numpy()
     return _reveal_map(rgb.reshape(B, side, side, 3), mask_BL, revealed_BL, target, gap)
+
+
+def uncertainty_view(stats, target: int = 256, gap: int = 4) -> Image.Image:
+    """``stats.heat`` ``[B, rows * cols]`` in [0, 1] as heat maps (nan = dark), the batch side by side."""
+    rows, cols = stats.grid
+    heat_BN = stats.heat.detach().float().cpu().numpy()
+    rgb = heat(np.nan_to_num(heat_BN, nan=0.0))
+    rgb[np.isnan(heat_BN)] = HIDDEN_RGB
+    k = upscale_factor(max(rows, cols), target)
+    return _row([np.kron(t.reshape(rows, cols, 3), np.ones((k, k, 1), dtype=np.uint8)) for t in rgb], gap)
 
 
 def _reveal_map(rgb_BSS3: np.ndarray, mask_BL: torch.Tensor, revealed_BL: torch.Tensor, target: int,

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..pipeline import Pipeline, check_preview
+from .. import render as draw
+from ..pipeline import PREVIEW_HELP, Control, Pipeline, TokenStats, cfg_mix, check_preview, new_seed, resolve_labels
 from ..tokenizers.vqvae import VQVAE
 from .blocks import FFN, SelfAttention, sinusoidal_positions
-from .var import new_seed, resolve_labels
 
 MASK_ID = 0
 RATIO_SCHEDULES = ("seed", "maskgit", "mar")
@@ -206,7 +206,7 @@ def cfg_logits(model: MAR, tokens_BL: torch.Tensor, labels_B: torch.Tensor | Non
         return model(tokens_BL, labels_B)
     null_B = torch.full_like(labels_B, model.num_classes)
     cond_BLV, uncond_BLV = model(tokens_BL.repeat(2, 1), torch.cat((labels_B, null_B))).chunk(2)
-    return uncond_BLV + cfg * (cond_BLV - uncond_BLV)
+    return cfg_mix(cond_BLV, uncond_BLV, cfg)
 
 
 @dataclass
@@ -224,6 +224,8 @@ class MARStep:
     seconds: float  # wall time of this step (forward, sampling and preview)
     labels: torch.Tensor  # [B] class ids used (num_classes = unconditional / null)
     seed: int
+    logits: torch.Tensor | None = None  # [B, L, V] this step's logits after CFG ([MASK] at -inf), before temperature
+    temperature: float = 1.0
 
 
 def _labels(model: MAR, labels, batch_size: int, rng: torch.Generator, device) -> torch.Tensor:
@@ -331,7 +333,8 @@ def decode_steps(model: MAR, *, num_steps: int = 8, seq_len: int | None = None, 
                 torch.cuda.synchronize(device)
             yield MARStep(step=k, num_steps=num_steps, tokens=tokens_BL, mask=mask_BL, confidence=confidence_BL,
                           revealed=revealed_BL, predicted=predicted_BL, image=image,
-                          seconds=time.perf_counter() - t0, labels=label_B, seed=seed)
+                          seconds=time.perf_counter() - t0, labels=label_B, seed=seed, logits=logits_BLV,
+                          temperature=temperature)
     finally:
         model.train(was_training)
 
@@ -353,6 +356,9 @@ class MARPipeline(Pipeline):
     """
 
     kind = "mar"
+    family = "MAR (discrete)"
+    legend = ("Dark = still hidden; colour = confidence of the chosen token (purple 0 → yellow 1); white outline = "
+              "revealed in this step.")
 
     def __init__(self, tokenizer: VQVAE, model: MAR, class_names: list[str] | None = None,
                  defaults: dict | None = None):
@@ -393,6 +399,41 @@ class MARPipeline(Pipeline):
         if mode == "latent":
             return self.tokenizer.latent_preview(f_hat)
         return self.tokenizer.preview(f_hat, pn // 2 if mode == "fast" and pn >= 4 else None)
+
+    def controls(self) -> list[Control]:
+        d = self.defaults
+        return [
+            Control("num_steps", "int", min(d.get("num_steps", 16), self.seq_len), "Steps",
+                    f"unmasking steps (1 to {self.seq_len}, the number of tokens)", 1, self.seq_len, 1),
+            Control("cfg", "float", d.get("cfg", 1.0), "CFG", "guidance u + cfg (c - u); 1 = off", 0.0, 20.0, 0.1),
+            Control("temperature", "float", d.get("temperature", 1.0), "Temperature",
+                    "logits divided by it before drawing each candidate; 0 = argmax", 0.0, 5.0, 0.05),
+            Control("schedule", "choice", d.get("schedule", "cosine"), "Schedule",
+                    "how many tokens each step reveals", choices=REVEAL_SCHEDULES),
+            Control("randomness", "float", d.get("randomness", 0.0), "Ranking randomness",
+                    "Gumbel noise on the confidence ranking (MaskGIT's choice temperature), annealed", 0.0, 20.0, 0.5),
+            Control("preview", "choice", d.get("preview", "full"), "Preview", PREVIEW_HELP,
+                    choices=("full", "fast", "latent")),
+        ]
+
+    def status(self, step: MARStep) -> str:
+        shown = int((~step.mask[0]).sum())
+        return (f"step {step.step + 1}/{step.num_steps} · {shown}/{step.mask.shape[1]} revealed · "
+                f"{step.seconds * 1e3:.0f} ms")
+
+    def token_view(self, step: MARStep, target: int = 256):
+        return draw.mar_token_view(step.mask, step.confidence, step.revealed, target)
+
+    def token_stats(self, step: MARStep) -> TokenStats | None:
+        """Candidates at the positions that were hidden before this step (after CFG and temperature); the
+        uncertainty view shows their entropy (the positions already revealed are left dark)."""
+        if step.logits is None:
+            return None
+        side = math.isqrt(self.seq_len)
+        return TokenStats.from_logits(step.logits, step.predicted, (side, side),
+                                      "after CFG and temperature, at positions hidden before this step",
+                                      step.temperature, active_BN=step.mask | step.revealed, heat="entropy",
+                                      token_names=lambda i: f"code {i - 1}")
 
     def _sample(self, preview: bool | str = True, **kwargs) -> Iterator[MARStep]:
         """``preview``: True / "full" (exact), "fast" (half-resolution latent), "latent" (linear colours; see

@@ -31,11 +31,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..pipeline import Pipeline, capture, check_preview, resolve_cuda_graphs, warm_up, weights_key
+from .. import render as draw
+from ..pipeline import (
+    PREVIEW_HELP,
+    Control,
+    Pipeline,
+    TokenStats,
+    capture,
+    check_preview,
+    new_seed,
+    resolve_cuda_graphs,
+    resolve_labels,
+    warm_up,
+    weights_key,
+)
 from ..tokenizers.klvae import KLVAE
 from .blocks import Block, modulate, timestep_embedding
 from .diffusion import p_sample_loop, respaced_schedule, schedule_tensors, step_noise
-from .var import new_seed, resolve_labels
 
 CFG_SCHEDULES = ("linear", "constant")
 
@@ -446,6 +458,13 @@ class DiffusionMARPipeline(Pipeline):
     official token buffer), so unknown regions show as the decoder's reading of an all-zero latent."""
 
     kind = "mar-diffusion"
+    family = "MAR (diffusion head)"
+    legend = ("Dark = still unknown; colour = the token's latent channels (a fixed projection); white outline = "
+              "drawn in this step.")
+    # On a CPU the authors' 256 x 100 steps take about 12 minutes for MAR-B (2 cores); the controls start at
+    # (steps, diffusion steps) = (32, 25) there and at the authors' demo's 64 steps on a GPU (3.5 s on an H100
+    # with CUDA graphs). The recommended values stay in ``defaults``; the help text names them.
+    START_STEPS = {"cpu": (32, 25), "gpu": (64, 100)}
 
     def __init__(self, tokenizer: KLVAE, model: DiffusionMAR, class_names: list[str] | None = None,
                  defaults: dict | None = None):
@@ -476,6 +495,50 @@ class DiffusionMARPipeline(Pipeline):
             return self.tokenizer.latent_preview(latent / self.tokenizer.cfg.scale)
         h = latent.shape[-1]
         return self.tokenizer.tokens_to_image(latent, h // 2 if mode == "fast" and h >= 4 else None)
+
+    def controls(self) -> list[Control]:
+        d, L = self.defaults, self.seq_len
+        steps, diffusion_steps = min(d.get("num_steps", 64), L), d.get("num_sampling_steps", 100)
+        start = self.START_STEPS["cpu" if self.device.type == "cpu" else "gpu"]
+        return [
+            Control("num_steps", "int", min(steps, start[0]), "Steps", f"autoregressive steps, 1 to {L} (the "
+                    f"authors use {steps}; fewer start here on this {self.device.type.upper()})", 1, L, 1),
+            Control("num_sampling_steps", "int", min(int(diffusion_steps), start[1]), "Diffusion steps",
+                    f"per token, by the diffusion head (the authors use {diffusion_steps})", 2, 1000, 1),
+            Control("cfg", "float", d.get("cfg", 1.0), "CFG", "guidance on the diffusion head's noise "
+                    "prediction; 1 = off", 1.0, 20.0, 0.1),
+            Control("cfg_schedule", "choice", d.get("cfg_schedule", "linear"), "CFG schedule",
+                    "linear: guidance ramps from 1 to CFG as tokens fill in", choices=CFG_SCHEDULES),
+            Control("temperature", "float", d.get("temperature", 1.0), "Temperature",
+                    "scales the diffusion head's noise at each step", 0.0, 5.0, 0.05),
+            Control("preview_every", "int", max(1, min(steps, start[0]) // 16), "Preview every k steps",
+                    "decoding a preview is the costly part on a CPU", 1, L, 1),
+            Control("preview", "choice", d.get("preview", "full"), "Preview", PREVIEW_HELP,
+                    choices=("full", "fast", "latent")),
+        ]
+
+    def status(self, step: DiffusionMARStep) -> str:
+        shown = int((~step.mask[0]).sum())
+        return (f"step {step.step + 1}/{step.num_steps} · {shown}/{step.mask.shape[1]} revealed · cfg {step.cfg:.2f}"
+                f" · {step.seconds * 1e3:.0f} ms")
+
+    def token_view(self, step: DiffusionMARStep, target: int = 256):
+        return draw.latent_token_view(step.tokens, step.mask, step.revealed, target)
+
+    def token_stats(self, step: DiffusionMARStep) -> TokenStats:
+        """Continuous tokens have no distribution over a vocabulary to show (the diffusion head draws a vector),
+        so there are no candidates; the heat is when each known token was drawn (0 = first step, 1 = last),
+        which shows the random order."""
+        B, L = step.mask.shape
+        lengths = mask_lengths(L, step.num_steps)[:-1] + [0]
+        filled_at = torch.tensor([next(s for s, n in enumerate(lengths) if i >= n) for i in range(L)],
+                                 dtype=torch.float32)
+        when_BL = torch.empty(B, L).scatter_(1, step.orders.cpu(), filled_at.expand(B, L).contiguous())
+        heat = torch.where(step.mask.cpu(), torch.nan, when_BL / max(step.num_steps - 1, 1))
+        empty, side = torch.zeros(B, L, 0), math.isqrt(L)
+        return TokenStats((side, side), empty.long(), empty, torch.full((B, L), -1), torch.full((B, L), torch.nan),
+                          torch.full((B, L), torch.nan), heat, "step at which the token was drawn (0 first → 1 last)",
+                          "continuous latent drawn by the diffusion head: no distribution over a vocabulary")
 
     def _sample(self, preview: bool | str = True, **kwargs) -> Iterator[DiffusionMARStep]:
         """``preview``: True / "full", "fast", "latent" (see :meth:`render`) or False; ``preview_every``: decode

@@ -22,7 +22,21 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..pipeline import Pipeline, capture, check_preview, resolve_cuda_graphs, warm_up, weights_key
+from .. import render
+from ..pipeline import (
+    PREVIEW_HELP,
+    Control,
+    Pipeline,
+    TokenStats,
+    capture,
+    check_preview,
+    new_seed,
+    resolve_cuda_graphs,
+    resolve_labels,
+    sample_top_k_top_p_,
+    warm_up,
+    weights_key,
+)
 from ..tokenizers.vqvae import VQVAE, VQVAEConfig
 from .blocks import FFN, KVCache, SelfAttention, modulate
 
@@ -263,6 +277,7 @@ class VARStep:
     seconds: float  # wall time of this scale (sampling + preview)
     labels: torch.Tensor  # [B] class ids used (num_classes = unconditional)
     seed: int
+    temperature: float = 1.0  # what the logits were divided by before top-k/top-p (0 = greedy)
 
 
 def check_scales(scales: Sequence[int] | None, trained: Sequence[int]) -> list[int]:
@@ -284,46 +299,9 @@ def check_scales(scales: Sequence[int] | None, trained: Sequence[int]) -> list[i
     return [trained.index(s) for s in sizes]
 
 
-def resolve_labels(labels, batch_size: int, num_classes: int, rng: torch.Generator, device) -> torch.Tensor:
-    """Labels as the official sampler reads them: None = drawn uniformly from ``rng`` (its first draw), an int
-    = that class for the whole batch (negative = unconditional), a list = one class per image."""
-    if labels is None:
-        uniform = torch.full((1, num_classes), 1.0 / num_classes, device=device)
-        return torch.multinomial(uniform, batch_size, replacement=True, generator=rng).reshape(batch_size)
-    if isinstance(labels, int):
-        labels = [num_classes if labels < 0 else labels] * batch_size
-    label_B = torch.as_tensor(labels if torch.is_tensor(labels) else list(labels), device=device).long()
-    bad = [int(x) for x in label_B.tolist() if not 0 <= x <= num_classes]
-    if bad:
-        raise ValueError(f"unknown class {bad[0]}: this model has classes 0..{num_classes - 1} "
-                         f"({num_classes} = unconditional)")
-    return label_B
-
-
-def sample_top_k_top_p_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0,
-                        rng: torch.Generator | None = None) -> torch.Tensor:
-    """Filter logits in place (top-k keeps ties at the threshold; top-p always keeps the best token) and draw
-    one token per position with a single ``torch.multinomial`` call, as the official sampler does."""
-    B, l, V = logits_BlV.shape
-    if top_k > 0:
-        kth = logits_BlV.topk(top_k, largest=True, sorted=False, dim=-1)[0].amin(dim=-1, keepdim=True)
-        logits_BlV.masked_fill_(logits_BlV < kth, -torch.inf)
-    if top_p > 0:
-        sorted_logits, sorted_idx = logits_BlV.sort(dim=-1, descending=False)
-        remove = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
-        remove[..., -1:] = False
-        logits_BlV.masked_fill_(remove.scatter(sorted_idx.ndim - 1, sorted_idx, remove), -torch.inf)
-    probs = logits_BlV.softmax(dim=-1).view(-1, V)
-    return torch.multinomial(probs, num_samples=1, replacement=True, generator=rng).view(B, l)
-
-
 def gumbel_softmax(logits: torch.Tensor, tau: float, rng: torch.Generator | None) -> torch.Tensor:
     gumbels = -torch.empty_like(logits).exponential_(generator=rng).log()
     return ((logits + gumbels) / tau).softmax(-1)
-
-
-def new_seed() -> int:
-    return int(torch.randint(0, 2 ** 31 - 1, (1,)).item())
 
 
 def new_caches(var: VAR, batch: int, scale_ids: Sequence[int]) -> list[KVCache]:
@@ -415,6 +393,7 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
     scale_ids = check_scales(scales, var.patch_nums)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    shown_temperature = temperature
     if temperature == 0:
         top_k, temperature = 1, 1.0
     device = var.lvl_1L.device
@@ -463,7 +442,8 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         yield VARStep(step=j, num_steps=len(scale_ids), scale=si, patch_size=pn, tokens=idx_Bl, logits=guided_BlV,
-                      f_hat=f_hat.clone(), image=image, seconds=time.perf_counter() - t0, labels=label_B, seed=seed)
+                      f_hat=f_hat.clone(), image=image, seconds=time.perf_counter() - t0, labels=label_B, seed=seed,
+                      temperature=shown_temperature)
 
 
 class VARPipeline(Pipeline):
@@ -471,6 +451,10 @@ class VARPipeline(Pipeline):
     ``stream`` yields one :class:`VARStep` per scale; ``generate`` returns images ``[B, 3, H, W]`` in [0, 1]."""
 
     kind = "var"
+    family = "VAR"
+    step_name = "scale"
+    legend = ("The current scale's token map at its own resolution, one colour per code (a PCA of the codebook: "
+              "similar codes, similar colours).")
 
     def __init__(self, vae: VQVAE, var: VAR, class_names: list[str] | None = None, defaults: dict | None = None):
         if tuple(vae.cfg.patch_nums) != tuple(var.patch_nums):
@@ -487,6 +471,43 @@ class VARPipeline(Pipeline):
     @property
     def image_size(self) -> int:
         return self.vae.cfg.image_size
+
+    def controls(self) -> list[Control]:
+        d, V = self.defaults, self.var.cfg.vocab_size
+        return [
+            Control("scales", "multi", list(d.get("scales") or self.scales), "Scales",
+                    "token-map sizes to generate: start with the first, skip any others", choices=tuple(self.scales)),
+            Control("cfg", "float", d.get("cfg", 1.5), "CFG", "guidance, ramped from 0 at the first scale to this "
+                    "at the last", 0.0, 20.0, 0.1),
+            Control("temperature", "float", d.get("temperature", 1.0), "Temperature",
+                    "logits divided by it before top-k/top-p; 0 = greedy", 0.0, 5.0, 0.05),
+            Control("top_k", "int", d.get("top_k", 0), "Top-k", f"keep the k best codes (0 = off, at most {V})",
+                    0, V, 1),
+            Control("top_p", "float", d.get("top_p", 0.0), "Top-p", "keep the smallest set of codes with this "
+                    "much probability (0 = off)", 0.0, 1.0, 0.01),
+            Control("more_smooth", "bool", d.get("more_smooth", False), "More smooth",
+                    "Gumbel-softmax soft codes (visual quality only)"),
+            Control("preview", "choice", d.get("preview", "full"), "Preview", PREVIEW_HELP,
+                    choices=("full", "fast", "latent")),
+        ]
+
+    def settings_note(self, scales=None, **settings) -> str:
+        ids = check_scales(None if scales is None else sorted(int(s) for s in scales), self.scales)
+        return f"{len(ids)} scales · {sum(self.scales[i] ** 2 for i in ids)} tokens"
+
+    def status(self, step: VARStep) -> str:
+        return (f"scale {step.step + 1}/{step.num_steps} · {step.patch_size}×{step.patch_size} · "
+                f"{step.seconds * 1e3:.0f} ms")
+
+    def token_view(self, step: VARStep, target: int = 256):
+        if getattr(self, "_colors", (None,))[0] is not self.vae.quantize.embedding.weight:
+            weight = self.vae.quantize.embedding.weight
+            self._colors = (weight, render.codebook_colors(weight))
+        return render.var_token_view(step.tokens, self._colors[1], target)
+
+    def token_stats(self, step: VARStep) -> TokenStats:
+        return TokenStats.from_logits(step.logits, step.tokens, (step.patch_size, step.patch_size),
+                                      "after CFG and temperature, before top-k/top-p", step.temperature)
 
     def _sample(self, **kwargs) -> Iterator[VARStep]:
         return stream_var(self.var, self.vae, **kwargs)
