@@ -26,11 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..pipeline import Pipeline, check_preview
+from ..pipeline import Pipeline, cfg_mix, check_preview, new_seed, resolve_labels
 from ..tokenizers.llamagen_vq import LlamaGenVQ
 from .blocks import KVCache
 from .maskgit import RMSNorm, SwiGLU
-from .var import new_seed, resolve_labels
 
 CANDIDATES = 8  # top candidates kept per position for inspection
 
@@ -274,7 +273,7 @@ def stream_tokens(model: LlamaGen, *, labels=None, batch_size: int = 1, cfg: flo
         if guided:
             cond_BV, uncond_BV = logits_RV.chunk(2)
             on = not (cfg_interval > -1 and t - 1 > cfg_interval)
-            logits_BV = uncond_BV + (cond_BV - uncond_BV) * cfg if on else cond_BV
+            logits_BV = cfg_mix(cond_BV, uncond_BV, cfg) if on else cond_BV
         else:
             logits_BV = logits_RV
         logits_BV = filter_top_k_top_p_(logits_BV / max(temperature, 1e-5), top_k, top_p)

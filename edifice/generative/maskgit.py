@@ -38,10 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..pipeline import Pipeline, check_preview
+from ..pipeline import Pipeline, check_preview, new_seed, resolve_labels
 from ..tokenizers.llamagen_vq import LlamaGenVQ
 from .blocks import modulate
-from .var import new_seed, resolve_labels
 
 SAMPLERS = ("confidence", "halton")
 SCHED_MODES = ("arccos", "cosine", "linear", "square", "root")
