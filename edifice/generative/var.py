@@ -20,9 +20,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import render
+from ..editing import prepare_edit
 from ..pipeline import (
     PREVIEW_HELP,
     Control,
@@ -278,6 +280,7 @@ class VARStep:
     labels: torch.Tensor  # [B] class ids used (num_classes = unconditional)
     seed: int
     temperature: float = 1.0  # what the logits were divided by before top-k/top-p (0 = greedy)
+    kept: torch.Tensor | None = None  # [B, pn*pn] bool when editing: True = the image's own token, kept
 
 
 def check_scales(scales: Sequence[int] | None, trained: Sequence[int]) -> list[int]:
@@ -297,6 +300,22 @@ def check_scales(scales: Sequence[int] | None, trained: Sequence[int]) -> list[i
         raise ValueError(f"invalid scale list {sizes}: use a strictly increasing list that starts with "
                          f"{trained[0]} and uses only this model's trained sizes {trained}")
     return [trained.index(s) for s in sizes]
+
+
+def scale_keep_masks(kept_BHW: torch.Tensor, patch_nums: Sequence[int]) -> list[torch.Tensor]:
+    """Which tokens of each scale an edit keeps, ``[B, pn*pn]`` bool per scale, as the authors' notebook
+    (``demo_zero_shot_edit.ipynb``) derives them from the keep map at the finest grid: resized bilinearly
+    (``align_corners=False``) to pn x pn and kept where the value is > 0.5 (a tie is regenerated); the 1x1
+    scale is always kept, whatever the mask."""
+    kept_B1HW = kept_BHW[:, None].float()
+    masks = []
+    for pn in patch_nums:
+        if pn * pn <= 3:
+            keep = torch.ones_like(kept_B1HW[:, :, :pn, :pn], dtype=torch.bool)
+        else:
+            keep = F.interpolate(kept_B1HW, size=(pn, pn), mode="bilinear", align_corners=False) > 0.5
+        masks.append(keep.flatten(1))
+    return masks
 
 
 def gumbel_softmax(logits: torch.Tensor, tau: float, rng: torch.Generator | None) -> torch.Tensor:
@@ -367,7 +386,7 @@ class ScaleGraphs:
 def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: float = 1.5, top_k: int = 0,
                top_p: float = 0.0, temperature: float = 1.0, more_smooth: bool = False, seed: int | None = None,
                scales: Sequence[int] | None = None, preview: bool | str = True,
-               cuda_graphs: bool | None = None) -> Iterator[VARStep]:
+               cuda_graphs: bool | None = None, image=None, mask=None) -> Iterator[VARStep]:
     """Generate images scale by scale, yielding a :class:`VARStep` after every scale.
 
     Matches the official ``autoregressive_infer_cfg`` draw for draw: a generator seeded with ``seed`` on the
@@ -388,6 +407,11 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
       first use for this batch size and scale list); the tokens are those of the eager pass. None (default):
       whenever the whole model is on one CUDA device; True demands it; False runs eagerly (needed to
       interleave two live generations of one model).
+    - ``image``, ``mask``: edit an image (:mod:`edifice.editing`; mask 1 = regenerate, at the finest token grid
+      or in pixels). As the authors' ``demo_zero_shot_edit.ipynb``: every scale is sampled as usual, then the
+      kept tokens (:func:`scale_keep_masks`) are replaced by the image's own (its multi-scale encoding over
+      the chosen scales) before they enter ``f_hat``, so both CFG halves see the edited context. Records'
+      ``tokens`` are after replacement and ``kept`` says which were kept.
     """
     check_preview(preview)
     scale_ids = check_scales(scales, var.patch_nums)
@@ -397,11 +421,18 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
     if temperature == 0:
         top_k, temperature = 1, 1.0
     device = var.lvl_1L.device
+    H = vae.cfg.patch_nums[-1]
+    edit = prepare_edit(image, mask, image_size=vae.cfg.image_size, grid=H, device=device)
+    batch_size = edit.batch_size(batch_size) if edit else batch_size
     seed = new_seed() if seed is None else int(seed)
     rng = torch.Generator(device=device).manual_seed(seed)
     label_B = resolve_labels(labels, batch_size, var.num_classes, rng, device)
-    B, K, H = label_B.shape[0], len(var.patch_nums), vae.cfg.patch_nums[-1]
+    B, K = label_B.shape[0], len(var.patch_nums)
     quant = vae.quantize
+    if edit:
+        edit = edit.expand(B)
+        gt_idx = vae.img_to_idx(edit.image.mul(2).sub(1).to(vae.quant_conv.weight.dtype), scale_ids)
+        keep = scale_keep_masks(~edit.regenerate, [var.patch_nums[si] for si in scale_ids])
 
     cond_BD = var.class_emb(torch.cat((label_B, torch.full_like(label_B, var.num_classes))))
     cond = var.block_cond(cond_BD)
@@ -429,6 +460,11 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
         else:
             h_BlC = quant.embedding(idx_Bl).float()
         h_BChw = h_BlC.transpose(1, 2).reshape(B, vae.Cvae, pn, pn)
+        if edit:  # the notebook's replace_embedding: the image's own codes where kept
+            m_B1hw = keep[j].view(B, 1, pn, pn).int()
+            gt_BChw = quant.embedding(gt_idx[j]).float().transpose(1, 2).reshape(B, vae.Cvae, pn, pn)
+            h_BChw = gt_BChw * m_B1hw + h_BChw * (1 - m_B1hw)
+            idx_Bl = torch.where(keep[j], gt_idx[j], idx_Bl)
         f_hat.add_(quant.upsample_phi(h_BChw, si, H))
         if j + 1 < len(scale_ids):
             nxt = scale_ids[j + 1]
@@ -443,7 +479,7 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
             torch.cuda.synchronize(device)
         yield VARStep(step=j, num_steps=len(scale_ids), scale=si, patch_size=pn, tokens=idx_Bl, logits=guided_BlV,
                       f_hat=f_hat.clone(), image=image, seconds=time.perf_counter() - t0, labels=label_B, seed=seed,
-                      temperature=shown_temperature)
+                      temperature=shown_temperature, kept=keep[j] if edit else None)
 
 
 class VARPipeline(Pipeline):
@@ -507,7 +543,8 @@ class VARPipeline(Pipeline):
 
     def token_stats(self, step: VARStep) -> TokenStats:
         return TokenStats.from_logits(step.logits, step.tokens, (step.patch_size, step.patch_size),
-                                      "after CFG and temperature, before top-k/top-p", step.temperature)
+                                      "after CFG and temperature, before top-k/top-p", step.temperature,
+                                      active_BN=None if step.kept is None else ~step.kept)
 
     def _sample(self, **kwargs) -> Iterator[VARStep]:
         return stream_var(self.var, self.vae, **kwargs)

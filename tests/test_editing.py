@@ -1,0 +1,206 @@
+"""Editing (inpainting, outpainting, class-conditional edits): the shared image and mask checks of
+edifice.editing, VAR parity with the authors' demo_zero_shot_edit.ipynb (golden vectors in
+tests/fixtures/var_edit, copied unchanged from shared/golden/var_edit; weights from tests/fixtures/var), and for
+every family that the kept tokens are the image's own at every step."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from edifice.editing import Edit, prepare_edit, require_raster_prefix
+from edifice.generative.var import scale_keep_masks
+from edifice.official import load_official_var
+
+FIX = Path(__file__).parent / "fixtures"
+EDIT = FIX / "var_edit"
+CASES = json.loads((EDIT / "config.json").read_text())["cases"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def var_pipe():
+    return load_official_var(FIX / "var" / "vae_tiny.pth", FIX / "var" / "var_tiny.pth", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def g():
+    return load_file(EDIT / "var_edit_golden.safetensors")
+
+
+def close(a, b, atol):
+    assert a.shape == b.shape, (a.shape, b.shape)
+    diff = (a.float() - b.float()).abs().max().item()
+    assert diff <= atol, f"max |diff| {diff:.3g} exceeds {atol}"
+
+
+# -- VAR: the authors' notebook -------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", list(CASES))
+def test_var_edit_matches_the_authors_notebook(var_pipe, g, case):
+    """Tokens after replacement and the kept map exact at every scale; guided logits, f_hat and the image
+    within the golden README's tolerances (looser for more_smooth). The notebook's mask is 1 = keep; ours is
+    1 = regenerate, given here at the token grid."""
+    c = CASES[case]["var_tiny"]
+    smooth = c["more_smooth"]
+    image = (g["input_img"] + 1) / 2
+    regenerate = 1 - g[f"{case}.edit_mask"]
+    steps = list(var_pipe.stream(image=image, mask=regenerate, labels=c["label_B"], cfg=c["cfg"], top_k=c["top_k"],
+                                 top_p=c["top_p"], more_smooth=smooth, seed=c["g_seed"]))
+    assert len(steps) == 4
+    for si, s in enumerate(steps):
+        kept = g[f"{case}.force_gt_s{si}"].flatten(1).bool()
+        assert torch.equal(s.kept, kept), f"scale {si}: kept map differs"
+        assert torch.equal(s.tokens, g[f"{case}.idx_replaced_s{si}"]), f"scale {si}: ids differ"
+        assert torch.equal(s.tokens[kept], g[f"input_idx_s{si}"][kept]), "kept tokens are not the image's own"
+        close(s.logits, g[f"{case}.guided_logits_s{si}"], 1e-4)
+        close(s.f_hat, g[f"{case}.fhat_s{si}"], 5e-4 if smooth else 1e-5)
+    close(steps[-1].image, g[f"{case}.img"], 1e-3 if smooth else 1e-4)
+    if not smooth:
+        out = var_pipe.generate(image=image, mask=regenerate, labels=c["label_B"], cfg=c["cfg"], top_k=c["top_k"],
+                                top_p=c["top_p"], seed=c["g_seed"])
+        close(out, g[f"{case}.img"], 1e-4)
+
+
+def test_var_image_tokens_are_the_notebooks(var_pipe, g):
+    """Our [0, 1] image, mapped back to [-1, 1], encodes to the notebook's input tokens."""
+    idx = var_pipe.vae.img_to_idx(((g["input_img"] + 1) / 2).mul(2).sub(1))
+    for si, ids in enumerate(idx):
+        assert torch.equal(ids, g[f"input_idx_s{si}"])
+
+
+def test_var_scale_masks_of_the_real_grids_match_the_notebook():
+    """The per-scale keep masks of the 256 px and 512 px models for every stored box (bilinear resize, strict
+    0.5, first scale kept), as the CPU kernels compute them."""
+    m = load_file(EDIT / "mask_resize_golden.safetensors")
+    grids = {"var256": (1, 2, 3, 4, 5, 6, 8, 10, 13, 16), "var512": (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)}
+    names = sorted({k.rsplit(".", 1)[0] for k in m})
+    assert len(names) == 16
+    for name in names:
+        keeps = scale_keep_masks(m[f"{name}.edit_mask"][None].bool(), grids[name.split(".")[0]])
+        for si, keep in enumerate(keeps):
+            assert torch.equal(keep, m[f"{name}.force_gt_s{si}"].flatten(1).bool()), f"{name} scale {si}"
+
+
+def test_var_edit_broadcasts_one_image_and_mask_over_labels(var_pipe, g):
+    """One image, one pixel mask, two classes: every scale keeps the image's own tokens in both items, and the
+    two classes fill the hole differently."""
+    image = (g["input_img"][:1] + 1) / 2
+    mask = torch.zeros(64, 64)
+    mask[16:48, 16:48] = 1  # pixels; tokens are 16 px, so token rows/cols 1..2
+    steps = list(var_pipe.stream(image=image, mask=mask, labels=[3, 7], cfg=3.0, top_k=8, seed=2))
+    gt = var_pipe.vae.img_to_idx(image.mul(2).sub(1))
+    for si, s in enumerate(steps):
+        assert s.kept.shape == s.tokens.shape == (2, s.patch_size ** 2)
+        assert torch.equal(s.tokens[s.kept], gt[si].expand(2, -1)[s.kept])
+    assert (~steps[-1].kept[0]).sum() == 4
+    assert not torch.equal(steps[-1].tokens[0], steps[-1].tokens[1])
+    stats = var_pipe.token_stats(steps[-1])
+    assert (stats.drawn[steps[-1].kept] == -1).all() and (stats.drawn[~steps[-1].kept] >= 0).all()
+
+
+def test_var_plain_generation_is_unchanged_by_the_edit_arguments(var_pipe):
+    plain = [s.tokens for s in var_pipe.stream(labels=[1], seed=4, top_k=4, preview=False)]
+    none = list(var_pipe.stream(labels=[1], seed=4, top_k=4, preview=False, image=None, mask=None))
+    assert all(torch.equal(a, b.tokens) and b.kept is None for a, b in zip(plain, none, strict=True))
+
+
+# -- shared checks (edifice.editing) ---------------------------------------------------------------------------
+def test_pixel_mask_reduces_to_tokens_that_have_any_masked_pixel():
+    img = torch.rand(3, 64, 64)
+    mask = torch.zeros(64, 64)
+    mask[0, 0] = 1  # one pixel of token (0, 0)
+    mask[40:42, 50] = 0.7  # pixels of token (2, 3)
+    mask[63, 63] = 0.4  # below 0.5: kept
+    edit = prepare_edit(img, mask, image_size=64, grid=4)
+    expected = torch.zeros(1, 4, 4, dtype=torch.bool)
+    expected[0, 0, 0] = expected[0, 2, 3] = True
+    assert torch.equal(edit.regenerate, expected)
+    assert edit.kept.shape == (1, 16) and edit.kept.sum() == 14
+    token = prepare_edit(img, expected[0].int(), image_size=64, grid=4)  # at the token grid: as given
+    assert torch.equal(token.regenerate, expected)
+
+
+def test_batches_broadcast_and_are_checked():
+    edit = prepare_edit(torch.rand(1, 3, 32, 32), torch.tensor([[[1, 0], [0, 0]], [[0, 0], [0, 1]]]),
+                        image_size=32, grid=2)
+    assert edit.image.shape == (2, 3, 32, 32) and edit.regenerate.shape == (2, 2, 2)
+    assert edit.batch_size(1) == 2 and edit.expand(2).image.shape[0] == 2
+    with pytest.raises(ValueError, match="holds 2 images or masks but batch_size is 3"):
+        edit.batch_size(3)
+    with pytest.raises(ValueError, match="2 images or masks but there are 3 labels"):
+        edit.expand(3)
+    one = prepare_edit(torch.rand(3, 32, 32), torch.tensor([[1, 0], [0, 0]]), image_size=32, grid=2)
+    assert one.batch_size(4) == 4 and one.expand(4).regenerate.shape == (4, 2, 2)
+    with pytest.raises(ValueError, match="3 images but 2 masks"):
+        prepare_edit(torch.rand(3, 3, 32, 32), torch.ones(2, 2, 2).triu(), image_size=32, grid=2)
+
+
+def test_image_modes_are_converted():
+    rgba = np.zeros((32, 32, 4), dtype=np.uint8)
+    rgba[..., 0] = 255
+    rgba[:16, :, 3] = 255  # top half opaque red, bottom half transparent -> white
+    mask = np.zeros((2, 2), dtype=np.float32)
+    mask[0, 0] = 1
+    for image in (rgba, Image.fromarray(rgba, "RGBA")):
+        x = prepare_edit(image, mask, image_size=32, grid=2).image
+        assert torch.equal(x[0, :, 0, 0], torch.tensor([1.0, 0, 0])) and torch.equal(x[0, :, 31, 0], torch.ones(3))
+    grey = Image.fromarray(np.full((32, 32), 51, dtype=np.uint8), "L")
+    assert torch.allclose(prepare_edit(grey, mask, image_size=32, grid=2).image, torch.full((1, 3, 32, 32), 0.2))
+    deep = Image.fromarray(np.full((32, 32), 65535, dtype=np.uint16))  # 16-bit greyscale
+    assert deep.mode.startswith("I")
+    assert torch.equal(prepare_edit(deep, mask, image_size=32, grid=2).image, torch.ones(1, 3, 32, 32))
+    assert torch.equal(prepare_edit(np.full((32, 32, 3), 65535, dtype=np.uint16), mask, image_size=32,
+                                    grid=2).image, torch.ones(1, 3, 32, 32))
+    brush = Image.new("RGBA", (32, 32), (0, 0, 0, 0))  # a brush layer: painted where alpha > 0
+    brush.paste((255, 255, 255, 255), (20, 20, 24, 24))
+    assert torch.equal(prepare_edit(grey, brush, image_size=32, grid=2).regenerate,
+                       torch.tensor([[[False, False], [False, True]]]))
+
+
+@pytest.mark.parametrize("image, mask, message", [
+    (torch.rand(3, 48, 48), torch.ones(2, 2).triu(), "is 48x48 pixels but this model edits 32x32"),
+    (torch.rand(3, 32, 32) * 2 - 1, torch.ones(2, 2).triu(), r"in \[0, 1\].*pass \(x \+ 1\) / 2"),
+    (torch.rand(5, 32, 32), torch.ones(2, 2).triu(), "needs 1 .* or 4 .* channels, got 5"),
+    (torch.rand(3, 32, 32), torch.zeros(2, 2), "regenerates nothing"),
+    (torch.rand(3, 32, 32), torch.ones(32, 32), "regenerates every token: that is plain generation"),
+    (torch.rand(3, 32, 32), torch.ones(3, 3), r"must be \[2, 2\] \(the token grid\) or \[32, 32\] \(pixels\)"),
+    (torch.rand(3, 32, 32), None, "needs a mask"),
+    (None, torch.ones(2, 2).triu(), "needs the image"),
+    ("photo.png", torch.ones(2, 2).triu(), "image must be a tensor"),
+    (Image.new("F", (32, 32)), torch.ones(2, 2).triu(), "32-bit float PIL"),
+    (np.full((32, 32), 2.0), torch.ones(2, 2).triu(), r"must lie in \[0, 1\]"),
+])
+def test_bad_input_is_explained(image, mask, message):
+    with pytest.raises(ValueError, match=message):
+        prepare_edit(image, mask, image_size=32, grid=2)
+
+
+def test_empty_and_full_masks_are_refused_per_image():
+    with pytest.raises(ValueError, match=r"mask \(image 2\) regenerates nothing"):
+        prepare_edit(torch.rand(3, 32, 32), torch.tensor([[[1, 0], [0, 0]], [[0, 0], [0, 0]]]), image_size=32, grid=2)
+
+
+def test_raster_prefix_for_raster_order_families():
+    keep_top = torch.tensor([[[0, 0], [1, 1]]])  # regenerate the bottom row
+    assert require_raster_prefix(prepare_edit(torch.rand(3, 32, 32), keep_top, image_size=32, grid=2),
+                                 "LlamaGen").tolist() == [2]
+    with pytest.raises(ValueError, match="LlamaGen generates tokens in raster order and cannot look ahead"):
+        require_raster_prefix(Edit(torch.rand(1, 3, 32, 32), torch.tensor([[[1, 0], [0, 0]]]).bool()), "LlamaGen")
+
+
+def test_var_refuses_bad_edits_before_any_work(var_pipe, g):
+    with pytest.raises(ValueError, match="regenerates every token"):
+        next(var_pipe.stream(image=torch.rand(3, 64, 64), mask=torch.ones(4, 4)))
+    with pytest.raises(ValueError, match="this model edits 64x64"):
+        next(var_pipe.stream(image=torch.rand(3, 32, 32), mask=torch.ones(4, 4).triu()))
