@@ -242,7 +242,8 @@ def halton_order(grid: int, n: int = 10_000) -> tuple[tuple[int, int], ...]:
 def halton_temperatures(num_steps: int, sm_temp_min: float, sm_temp_max: float, temp_pow: float,
                         temp_warmup: int) -> torch.Tensor:
     """Per-step softmax multipliers ``linspace(min, max, S) ** temp_pow``, halved for the first ``temp_warmup``."""
-    temps = torch.linspace(sm_temp_min, sm_temp_max, num_steps) ** temp_pow
+    base = torch.linspace(sm_temp_min, sm_temp_max, num_steps)
+    temps = torch.stack([base[s] ** temp_pow for s in range(num_steps)])  # 0-dim pow, as the authors (rounds apart)
     temps[:temp_warmup] *= 0.5
     return temps
 
