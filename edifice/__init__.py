@@ -11,11 +11,13 @@ from .errors import (
     HubUnreachableError,
     UnknownPresetError,
 )
+from .generative.fractalgen import FractalGen, FractalGenConfig, FractalGenPipeline, FractalGenStep
 from .generative.mar import MAR, MARConfig, MARPipeline, MARStep
 from .generative.mar_diffusion import DiffusionMAR, DiffusionMARConfig, DiffusionMARPipeline, DiffusionMARStep
 from .generative.var import VAR, VARConfig, VARPipeline, VARStep
 from .loading import download, load
 from .official import load_official_mar, load_official_var
+from .official_fractalgen import load_official_fractalgen
 from .tokenizers.klvae import KLVAE, KLVAEConfig
 from .tokenizers.vqvae import VQVAE, VQVAEConfig
 
@@ -24,3 +26,4 @@ __all__ = ["CheckpointError", "EdificeError", "MAR", "MARConfig", "MARPipeline",
 __all__ += ["CheckpointNotFoundError", "HubUnreachableError", "UnknownPresetError", "download", "load"]
 __all__ += ["DiffusionMAR", "DiffusionMARConfig", "DiffusionMARPipeline", "DiffusionMARStep", "KLVAE", "KLVAEConfig",
             "load_official_mar"]
+__all__ += ["FractalGen", "FractalGenConfig", "FractalGenPipeline", "FractalGenStep", "load_official_fractalgen"]

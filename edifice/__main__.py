@@ -2,6 +2,7 @@
 
     python -m edifice convert --var-vae vae_ch160v4096z32.pth --var var_d16.pth --out var-d16
     python -m edifice convert --mar-vae kl16.safetensors --mar mar-large.safetensors --out mar-large
+    python -m edifice convert --fractalgen pretrained_models/fractalmar_in64/checkpoint-last.pth --out fractalmar-in64
     python -m edifice download var-d16             # a preset or an org/name Hub repo; --revision, --force
     python -m edifice resave runs/emoji-var/export --out checkpoints/emoji-var --dtype fp16 --set cfg=2.0
 
@@ -25,11 +26,15 @@ from tqdm import tqdm
 from . import loading, presets
 from .errors import EdificeError
 from .official import load_official_mar, load_official_var
+from .official_fractalgen import load_official_fractalgen, parse_config
 
 # family -> (the convert flags it needs, as argparse dests; files -> float32 pipeline on the CPU)
 CONVERTERS = {
     "var": (("var_vae", "var"), lambda args: load_official_var(args.var_vae, args.var, device="cpu")),
     "mar": (("mar_vae", "mar"), lambda args: load_official_mar(args.mar_vae, args.mar, device="cpu", **_heads(args))),
+    "fractalgen": (("fractalgen",), lambda args: load_official_fractalgen(args.fractalgen,
+                                                                        parse_config(args.fractalgen_config),
+                                                                        device="cpu")),
 }
 
 
@@ -56,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "(its EMA weights are used)")
     mar.add_argument("--mar-heads", type=int, nargs=2, metavar=("ENC", "DEC"),
                      help="attention heads of encoder and decoder, for widths other than the official 768/1024/1280")
+    fractal = convert.add_argument_group("FractalGen (LTH14/fractalgen)")
+    fractal.add_argument("--fractalgen", type=Path, metavar="CKPT", help="the authors' checkpoint-last.pth (weights "
+                         "under 'model'); a released model gets ImageNet classes and the authors' sampling")
+    fractal.add_argument("--fractalgen-config", metavar="NAME|JSON", help="official model name (fractalar_in64, "
+                         "fractalmar_in64, fractalmar_{base,large,huge}_in256) or the authors' constructor "
+                         "arguments as JSON (text or file); default: read from the weights")
     convert.add_argument("--out", type=Path, required=True, help="folder to write (created; files replaced)")
     convert.add_argument("--classes", help="class names: a list shipped in assets/ (e.g. imagenet) or a text "
                                            "file with one name per line (default: the matching preset's)")

@@ -37,6 +37,13 @@ from torch import nn
 
 from . import presets
 from .errors import CheckpointError, CheckpointNotFoundError
+from .generative.fractalgen import (
+    FractalGen,
+    FractalGenConfig,
+    FractalGenPipeline,
+    PixelTokenizer,
+    PixelTokenizerConfig,
+)
 from .generative.mar import MAR, MARConfig, MARPipeline
 from .generative.mar_diffusion import DiffusionMAR, DiffusionMARConfig, DiffusionMARPipeline
 from .generative.var import VAR, VARConfig, VARPipeline
@@ -66,6 +73,8 @@ FAMILIES: dict[str, Family] = {
     "var": Family(VARPipeline, VARConfig, VAR),
     "mar": Family(MARPipeline, MARConfig, MAR),
     "mar-diffusion": Family(DiffusionMARPipeline, DiffusionMARConfig, DiffusionMAR, KLVAEConfig, KLVAE),
+    # pixel space: the identity PixelTokenizer has no weights, so the file holds only "model." tensors
+    "fractalgen": Family(FractalGenPipeline, FractalGenConfig, FractalGen, PixelTokenizerConfig, PixelTokenizer),
 }
 
 

@@ -31,6 +31,7 @@ from torch import nn
 from . import checkpoint, hub, presets
 from .errors import CheckpointError, CheckpointNotFoundError, EdificeError, UnknownPresetError
 from .official import load_official_mar, load_official_var
+from .official_fractalgen import load_official_fractalgen, preset_folder
 from .pipeline import Pipeline
 from .presets import Preset
 
@@ -38,6 +39,8 @@ from .presets import Preset
 OFFICIAL_LOADERS: dict[str, Callable[[dict[str, Path], dict], Pipeline]] = {
     "official-var": lambda files, config: load_official_var(files["vae"], files["var"], device="cpu"),
     "official-mar": lambda files, config: load_official_mar(files["vae"], files["mar"], device="cpu", **config),
+    "official-fractalgen": lambda files, config: load_official_fractalgen(files["model"], config.get("name"),
+                                                                          device="cpu"),
 }
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -101,6 +104,8 @@ def _fetch(target: Path | Preset | str, spec: str, revision: str | None, *, pref
             raise CheckpointNotFoundError(f"preset {spec!r} is a bundled checkpoint expected in {p.folder}, which "
                                           "does not hold one yet; train it (see README) or pick another preset")
         return p.folder
+    if p.source == "official-fractalgen":  # the authors host these outside the Hub: read from ``path``
+        return preset_folder(p, spec)
     if p.source == "hub":
         files = checkpoint.REQUIRED
     elif p.source in OFFICIAL_LOADERS:

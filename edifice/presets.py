@@ -21,6 +21,15 @@ setting the authors publish for it, the zero-shot-edit notebook's (cfg 3, top_k 
 more_smooth on). Official revisions are ``main``: the authors publish no tags, and the 2024-04 replacement
 of d16/d30 (L2-normalised attention) is what every current user has.
 
+Official FractalGen presets (kind ``"fractalgen"``, source ``"official-fractalgen"``): ``fractalar-in64``,
+``fractalmar-in64``, ``fractalmar-base-in256``, ``fractalmar-large-in256``, ``fractalmar-huge-in256``. The authors
+host their ``checkpoint-last.pth`` files on Dropbox, not the Hub, so they are read from ``path`` (default
+``pretrained_models/``, the authors' own layout) with ``files`` under it; ``url`` says where to download them,
+and loading a preset whose file is missing says what to do (:func:`edifice.official_fractalgen.preset_folder`).
+``config`` names the official architecture; ``defaults`` are the README's FID recipes
+(``shared/golden/fractalgen``): cfg 11 / 6.5 / 29 / 21 / 19 on the linear schedule, temperature 1.03 / 1.02 / 1.1,
+filter threshold 1e-4, num_iter_list 64,16 (64,16,16 at 256 px; AR levels always take one step per patch).
+
 Official MAR presets (kind ``"mar-diffusion"``): ``mar-base``, ``mar-large``, ``mar-huge`` from
 ``jadechoghari/mar`` (the mirror the authors' README links), with the KL-16 VAE. ``mar-base`` does not use
 the repo's flat ``mar-base.safetensors``: a third-party audit found it equal to the non-EMA ``model`` weights
@@ -54,6 +63,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ASSETS = PROJECT_ROOT / "assets"
 PRESETS_FILE = Path(__file__).with_name("presets.json")
 ENV_VAR = "EDIFICE_PRESETS"
+LOCAL_SOURCES = ("folder", "official-fractalgen")  # files on disk (``path``), not on the Hub
 
 
 @dataclass(frozen=True)
@@ -71,12 +81,13 @@ class Preset:
     download_bytes: int | None = None  # what a first load downloads (for the app to show)
     defaults: dict = field(default_factory=dict)  # recommended sampling settings
     config: dict = field(default_factory=dict)  # official sources: settings the files cannot show
+    url: str | None = None  # "official-fractalgen": where the authors host the files (outside the Hub)
     description: str = ""
 
     def __post_init__(self):
-        if self.source == "folder" and not self.path:
-            raise EdificeError(f"preset {self.name!r}: a 'folder' preset needs a 'path'")
-        if self.source != "folder" and not self.repo:
+        if self.source in LOCAL_SOURCES and not self.path:
+            raise EdificeError(f"preset {self.name!r}: a {self.source!r} preset needs a 'path'")
+        if self.source not in LOCAL_SOURCES and not self.repo:
             raise EdificeError(f"preset {self.name!r}: a {self.source!r} preset needs a Hub 'repo'")
         if self.source.startswith("official-") and not self.files:
             raise EdificeError(f"preset {self.name!r}: an official preset needs its 'files'")

@@ -35,6 +35,7 @@ a tokenizer module, so :class:`PixelTokenizer` is an identity one (ids / 255 -> 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -912,7 +913,7 @@ class FractalGenPipeline(Pipeline):
         ``num_iter_list``."""
         kwargs = {**self.defaults, **kwargs}
         per_level = {int(k.removeprefix("num_iter_")): kwargs.pop(k) for k in list(kwargs)
-                     if k.startswith("num_iter_")}
+                     if re.fullmatch(r"num_iter_\d+", k)}
         if per_level:
             K = self.model.cfg.num_levels
             base = list(kwargs.get("num_iter_list") or [min(self.model.cfg.seq_len(l), 64) for l in range(K - 1)])
