@@ -44,12 +44,15 @@ from .generative.fractalgen import (
     PixelTokenizer,
     PixelTokenizerConfig,
 )
+from .generative.llamagen import LlamaGen, LlamaGenConfig, LlamaGenPipeline
 from .generative.mar import MAR, MARConfig, MARPipeline
 from .generative.mar_diffusion import DiffusionMAR, DiffusionMARConfig, DiffusionMARPipeline
+from .generative.maskgit import MaskGIT, MaskGITConfig, MaskGITPipeline
 from .generative.var import VAR, VARConfig, VARPipeline
 from .official import load_safetensors, skip_meta_init
 from .pipeline import Pipeline
 from .tokenizers.klvae import KLVAE, KLVAEConfig
+from .tokenizers.llamagen_vq import LlamaGenVQ, LlamaGenVQConfig
 from .tokenizers.vqvae import VQVAE, VQVAEConfig
 
 FORMAT_VERSION = 1
@@ -73,6 +76,8 @@ FAMILIES: dict[str, Family] = {
     "var": Family(VARPipeline, VARConfig, VAR),
     "mar": Family(MARPipeline, MARConfig, MAR),
     "mar-diffusion": Family(DiffusionMARPipeline, DiffusionMARConfig, DiffusionMAR, KLVAEConfig, KLVAE),
+    "maskgit": Family(MaskGITPipeline, MaskGITConfig, MaskGIT, LlamaGenVQConfig, LlamaGenVQ),
+    "llamagen": Family(LlamaGenPipeline, LlamaGenConfig, LlamaGen, LlamaGenVQConfig, LlamaGenVQ),
     # pixel space: the identity PixelTokenizer has no weights, so the file holds only "model." tensors
     "fractalgen": Family(FractalGenPipeline, FractalGenConfig, FractalGen, PixelTokenizerConfig, PixelTokenizer),
 }
