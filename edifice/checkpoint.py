@@ -13,25 +13,29 @@
 1000), else the list itself. ``defaults`` are the sampling settings the checkpoint's author recommends;
 ``pipeline.generate()`` uses them unless told otherwise.
 
-Model families are looked up in :data:`FAMILIES` by ``kind``; a new family is one entry there. Weights are
-materialised without a random initialisation: the modules are built under accelerate's
-``init_empty_weights`` (parameters on the meta device, buffers built for real, so non-persistent buffers
-such as MAR's position table exist; ``torch.nn.init`` skipped, see ``official.skip_meta_init``) and the file's
-tensors are assigned with ``strict=True``.
+Model families are looked up in :data:`FAMILIES` by ``kind``; a new family is one entry there. A config.json
+is not trusted: its values are checked against the config dataclass's field types and sane bounds
+(:func:`config_from_dict`), and the modules are built with their parameters on the meta device by
+:func:`edifice.official.build`, which refuses a config that would allocate more than the file's tensors or
+not rebuild exactly their names and shapes (read from the safetensors header) before any weights are read;
+the file's tensors are then assigned with ``strict=True``. No random initialisation runs.
 Writes go to a temporary folder first, so a failure never leaves a half-written checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+import types
+import typing
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
-from accelerate import init_empty_weights
 from huggingface_hub import HfApi, ModelCardData
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -49,7 +53,7 @@ from .generative.mar import MAR, MARConfig, MARPipeline
 from .generative.mar_diffusion import DiffusionMAR, DiffusionMARConfig, DiffusionMARPipeline
 from .generative.maskgit import MaskGIT, MaskGITConfig, MaskGITPipeline
 from .generative.var import VAR, VARConfig, VARPipeline
-from .official import load_safetensors, skip_meta_init
+from .official import build, load_safetensors
 from .pipeline import Pipeline
 from .tokenizers.klvae import KLVAE, KLVAEConfig
 from .tokenizers.llamagen_vq import LlamaGenVQ, LlamaGenVQConfig
@@ -59,6 +63,7 @@ FORMAT_VERSION = 1
 CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
 FILES = (WEIGHTS_NAME, CARD_NAME, CONFIG_NAME)  # what save_pretrained writes
 REQUIRED = (CONFIG_NAME, WEIGHTS_NAME)  # what loading needs
+MAX_INT, MAX_ITEMS = 2 ** 20, 1024  # bounds of any integer and any list in a model or tokenizer config
 
 
 @dataclass(frozen=True)
@@ -195,8 +200,10 @@ def read_config(folder: str | Path) -> dict:
 def load_pretrained(folder: str | Path, kind: str | None = None) -> Pipeline:
     """The pipeline in an edifice checkpoint folder, on the CPU in the dtypes it was saved in.
 
-    ``kind`` ("var", "mar") makes a checkpoint of another kind an error. Device and dtype placement is
-    :func:`edifice.loading.place`'s job.
+    ``kind`` ("var", "mar") makes a checkpoint of another kind an error. Nothing is built before the config
+    has passed :func:`config_from_dict`; modules are then built by :func:`edifice.official.build` against the
+    tensor shapes of the file's header before its tensors are read, so a config cannot make a load allocate
+    more than its weights. Device and dtype placement is :func:`edifice.loading.place`'s job.
     """
     folder = Path(folder)
     config = read_config(folder)
@@ -204,41 +211,126 @@ def load_pretrained(folder: str | Path, kind: str | None = None) -> Pipeline:
         raise CheckpointError(f"{folder}: holds a {config['kind'].upper()} checkpoint, not {kind.upper()}; "
                               f"load it as {config['kind']} or pass a {kind} checkpoint")
     family = FAMILIES[config["kind"]]
+    where = folder / CONFIG_NAME
+    names = _class_names(config.get("classes"), where)
+    defaults = config.get("defaults")
+    if defaults is not None and not isinstance(defaults, dict):
+        raise CheckpointError(f"{where}: \"defaults\" must be an object of sampling settings or null; the file was "
+                              "edited or written by another edifice version")
     path = folder / WEIGHTS_NAME
     if not path.is_file():
         raise CheckpointNotFoundError(f"{folder}: has {CONFIG_NAME} but no {WEIGHTS_NAME}; copy or download "
                                       "the whole folder again")
-    tensors = load_safetensors(path, remedy="save or download it again")
-    parts = {"tokenizer": {}, "model": {}}
-    for key, t in tensors.items():
-        prefix, _, name = key.partition(".")
-        if prefix not in parts:
-            raise CheckpointError(f"{path}: unexpected tensor {key!r} (names start with 'tokenizer.' or "
-                                  "'model.'); the file was not written by edifice")
-        parts[prefix][name] = t
-    tokenizer = _materialise(family.tokenizer, family.tokenizer_config, config["tokenizer"], parts["tokenizer"],
-                             path, "tokenizer")
-    model = _materialise(family.model, family.config, config["model"], parts["model"], path, "model")
-    classes = config.get("classes")
-    names = presets.class_list(classes) if isinstance(classes, str) else classes
+    shapes = _split(_header_shapes(path), path)
+    roles = (("tokenizer", family.tokenizer, family.tokenizer_config), ("model", family.model, family.config))
+    configs = {role: config_from_dict(config_cls, config.get(role), f"{where}: {role}") for role, _, config_cls
+               in roles}
+    modules = {role: build(module_cls, configs[role], shapes[role], f"{path}: the {role}", CONFIG_NAME)
+               for role, module_cls, _ in roles}
+    for role, tensors in _split(load_safetensors(path, remedy="save or download it again"), path).items():
+        modules[role].load_state_dict(tensors, strict=True, assign=True)
+    tokenizer, model = modules["tokenizer"].eval(), modules["model"].eval()
     try:
-        return family.pipeline(tokenizer, model, names, config.get("defaults"))
+        return family.pipeline(tokenizer, model, names, defaults)
     except ValueError as e:
         raise CheckpointError(f"{folder}: the tokenizer and model do not fit together ({e})") from None
 
 
-def _materialise(module_cls, config_cls, cfg_fields: dict, state_dict: dict, path: Path, role: str) -> nn.Module:
+def _header_shapes(path: Path) -> dict[str, tuple]:
+    """Tensor name -> shape from a safetensors header, without reading the data."""
     try:
-        cfg = config_cls(**cfg_fields)
-    except TypeError as e:
-        raise CheckpointError(f"{path.with_name(CONFIG_NAME)}: bad {role} config ({e}); the file was edited or "
-                              "written by another edifice version") from None
-    with init_empty_weights(), skip_meta_init():
-        module = module_cls(cfg)
+        with safe_open(path, framework="pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: could not be read ({e}); the file is truncated or corrupt, save or download "
+                              "it again") from None
+
+
+def _split(tensors: dict, path: Path) -> dict[str, dict]:
+    """``{"tokenizer": ..., "model": ...}`` from the file's ``tokenizer.<name>`` / ``model.<name>`` entries."""
+    parts = {"tokenizer": {}, "model": {}}
+    for key, t in tensors.items():
+        prefix, _, name = key.partition(".")
+        if prefix not in parts:
+            raise CheckpointError(f"{path}: unexpected tensor {key[:80]!r} (names start with 'tokenizer.' or "
+                                  "'model.'); the file was not written by edifice")
+        parts[prefix][name] = t
+    return parts
+
+
+def _class_names(classes, where: Path) -> list[str] | None:
+    """A config's ``classes``: null, the name of a list shipped in ``assets/`` (never a path), or the names."""
+    if classes is None:
+        return None
+    if isinstance(classes, str):
+        shipped = sorted(p.name.removesuffix("_classes.txt") for p in presets.ASSETS.glob("*_classes.txt"))
+        if classes not in shipped:  # a name, never a path: the list is looked up among the shipped ones only
+            raise CheckpointError(f"{where}: \"classes\" names {classes[:40]!r}, which is not a class list shipped "
+                                  f"with edifice ({', '.join(shipped)}); store the names themselves")
+        return list(presets.class_list(classes))
+    if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
+        return classes
+    raise CheckpointError(f"{where}: \"classes\" must be null, a shipped list's name or a list of names, not "
+                          f"{_shown(classes)}; the file was edited or written by another edifice version")
+
+
+def config_from_dict(config_cls: type, values, where: str):
+    """``config_cls(**values)`` once every value has its field's annotated type (int, float, bool, str, tuple or
+    list of those, ``X | None``) and a sane size: integers within ±``MAX_INT``, lists of at most ``MAX_ITEMS``,
+    finite floats; no unknown or missing fields. Any config dataclass works, so a new family needs nothing here.
+    A value that fails is a one-line :class:`CheckpointError` naming the field (``where`` starts it)."""
+    remedy = "the file was edited or written by another edifice version"
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{where}: missing or not an object of settings ({_shown(values)}); {remedy}")
+    hints = typing.get_type_hints(config_cls)
+    known = {f.name: f for f in fields(config_cls) if f.init}
+    unknown = sorted(set(values) - set(known))
+    missing = [n for n, f in known.items() if n not in values and f.default is MISSING and
+               f.default_factory is MISSING]
+    if unknown or missing:
+        what = "; ".join(f"{label} {', '.join(names)[:120]}" for label, names in (("unknown", unknown),
+                                                                                ("missing", missing)) if names)
+        raise CheckpointError(f"{where}: {what} field(s) for a {config_cls.__name__}; {remedy}")
+    for name, value in values.items():
+        wanted = _type_error(value, hints.get(name))
+        if wanted:
+            raise CheckpointError(f"{where}.{name} is {_shown(value)}, not {wanted}; {remedy}")
     try:
-        module.load_state_dict(state_dict, strict=True, assign=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: the {role} tensors do not match config.json ({first}); the checkpoint "
-                              "is damaged or was edited") from None
-    return module.eval()
+        return config_cls(**values)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: not a valid {config_cls.__name__} ({str(e)[:200]}); {remedy}") from None
+
+
+def _type_error(value, hint) -> str | None:
+    """None when ``value`` fits the annotation ``hint``, else what was wanted; unknown annotations pass (the
+    constructor, run on the meta device by check_build, decides)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        wanted = [_type_error(value, arg) for arg in args]
+        return None if None in wanted else " or ".join(wanted)
+    if hint is type(None):
+        return None if value is None else "null"
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_INT
+        return None if ok else f"an integer within ±{MAX_INT}"
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) \
+            and abs(value) <= MAX_INT
+        return None if ok else "a finite number"
+    if hint is str:
+        return None if isinstance(value, str) and len(value) <= 256 else "a short string"
+    if origin in (tuple, list):
+        item = args[0] if args else None
+        if not isinstance(value, list | tuple) or len(value) > MAX_ITEMS:
+            return f"a list of at most {MAX_ITEMS} items"
+        bad = next((w for v in value if (w := _type_error(v, item))), None)
+        return f"a list of {bad}s" if bad else None
+    return None
+
+
+def _shown(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages that echo what a file or a user gave."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"

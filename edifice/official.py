@@ -17,12 +17,15 @@ import contextlib
 import math
 import pickle
 import re
+import threading
 from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
 
 from .errors import CheckpointError
 from .generative.mar_diffusion import CONFIGS, DiffusionMAR, DiffusionMARConfig, DiffusionMARPipeline
@@ -111,6 +114,19 @@ def _expect(sd, kind: str, path) -> None:
         raise CheckpointError(f"{path}: expected {KINDS[kind]}, found {found}")
 
 
+MAX_SCALES = 64  # VAR scales a file may describe (the official models have 10)
+
+
+@contextlib.contextmanager
+def _inferring(family: str):
+    """A state dict lacking a tensor the inference reads (or with a zero-sized one) is a one-line error."""
+    try:
+        yield
+    except (KeyError, IndexError, ZeroDivisionError) as e:
+        raise CheckpointError(f"the state dicts do not describe a {family} ({type(e).__name__}: {e}); pass the "
+                              "official files unchanged") from None
+
+
 def _count(sd: dict, pattern: str) -> int:
     rx = re.compile(pattern)
     return len({m.group(1) for k in sd if (m := rx.match(k))})
@@ -119,8 +135,15 @@ def _count(sd: dict, pattern: str) -> int:
 def infer_var_config(sd: dict) -> VARConfig:
     """Every VARConfig field from key names and shapes (patch_nums from the ``lvl_1L`` level buffer)."""
     C = sd["class_emb.weight"].shape[1]
-    counts = torch.bincount(sd["lvl_1L"].reshape(-1).long()).tolist()
+    levels = sd["lvl_1L"].reshape(-1).long()
+    if levels.numel() and not 0 <= int(levels.min()) <= int(levels.max()) < MAX_SCALES:  # bincount sizes by max
+        raise CheckpointError(f"the VAR's lvl_1L holds scale numbers outside 0..{MAX_SCALES - 1}; the file is "
+                              "damaged or not a VAR")
+    counts = torch.bincount(levels).tolist()
     patch_nums = tuple(math.isqrt(c) for c in counts)
+    if not counts or any(pn * pn != c for pn, c in zip(patch_nums, counts, strict=True)):
+        raise CheckpointError("the VAR's lvl_1L does not hold a square token map per scale; the file is damaged "
+                              "or not a VAR")
     l2 = "blocks.0.attn.scale_mul_1H11" in sd
     heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1] if l2 else C // 64
     return VARConfig(vocab_size=sd["head.weight"].shape[0], z_channels=sd["word_embed.weight"].shape[1],
@@ -147,8 +170,9 @@ def infer_vqvae_config(sd: dict, patch_nums) -> VQVAEConfig:
 def var_from_state_dicts(vae_sd: dict, var_sd: dict, device=None, dtype=None,
                          class_names=None, defaults=None) -> VARPipeline:
     """Build a :class:`VARPipeline` from two official state dicts without a random initialisation."""
-    var_cfg = infer_var_config(var_sd)
-    vae_cfg = infer_vqvae_config(vae_sd, var_cfg.patch_nums)
+    with _inferring("VAR"):
+        var_cfg = infer_var_config(var_sd)
+        vae_cfg = infer_vqvae_config(vae_sd, var_cfg.patch_nums)
     if vae_cfg.vocab_size != var_cfg.vocab_size or vae_cfg.z_channels != var_cfg.z_channels:
         raise CheckpointError(f"the VQ-VAE (codebook {vae_cfg.vocab_size}x{vae_cfg.z_channels}) does not match "
                               f"the transformer (vocabulary {var_cfg.vocab_size}, latent {var_cfg.z_channels})")
@@ -180,17 +204,149 @@ def skip_meta_init():
             setattr(torch.nn.init, name, init)
 
 
+MAX_DERIVED_BYTES = 64 * 2 ** 20  # buffers a config makes that no file holds (MAR's position table: 65k x 256)
+MIN_TENSOR_LIMIT = 4 * 2 ** 20  # elements any one tensor of a build may have when the file's tensors are smaller
+_build_lock = threading.Lock()  # init_empty_weights and skip_meta_init patch torch globally: one build at a time
+
+
+def build(module_cls, cfg, shapes: dict[str, tuple], where: str, config: str = "its config"):
+    """``module_cls(cfg)`` with its parameters on the meta device (buffers built for real, ``torch.nn.init``
+    skipped), checked against the tensors it must hold (``shapes``: name -> shape) before any weights are read.
+
+    A config is not trusted: one number can ask for gigabytes (MAR's seq_len sizes a position table no file
+    holds, VAR's scale list an L x L mask, any width a parameter that is allocated before it moves to the meta
+    device). So the constructor runs under :class:`_BuildBudget`, which refuses before it runs any torch call
+    that would make a tensor larger than the file's largest (at least ``MIN_TENSOR_LIMIT`` elements) and stops a
+    constructor registering far more submodules than ``shapes`` could fill; then the state dict must have exactly
+    these names and shapes, and the buffers no file holds may take at most ``MAX_DERIVED_BYTES``. This works for
+    any module class, so a new family needs nothing here. Every failure is a one-line :class:`CheckpointError`
+    starting with ``where`` (e.g. "x.safetensors: the model") and calling the config ``config``."""
+    limit = max([math.prod(s) for s in shapes.values()] + [MIN_TENSOR_LIMIT])
+    try:
+        with _build_lock, init_empty_weights(), skip_meta_init(), _BuildBudget(limit, 4 * len(shapes) + 64):
+            module = module_cls(cfg)
+    except _OverBudget as e:
+        raise CheckpointError(f"{where}: {config} asks for {e}; the checkpoint is damaged or was edited") from None
+    except Exception as e:  # whatever a bad config makes a constructor raise (ValueError, assert, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{where}: {config} does not build a {module_cls.__name__} ({first[:200]}); the "
+                              "checkpoint is damaged or was edited") from None
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    missing, unexpected = sorted(expected.keys() - shapes.keys()), sorted(shapes.keys() - expected.keys())
+    if missing or unexpected:
+        what = "; ".join(f"{label} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                         for label, names in (("missing", missing), ("unexpected", unexpected)) if names)
+        raise CheckpointError(f"{where} tensors do not match {config} ({what}); the checkpoint is damaged or was "
+                              "edited")
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise CheckpointError(f"{where} tensor {name} is {list(shapes[name])} but {config} makes "
+                                  f"{list(shape)}; the checkpoint is damaged or was edited")
+    derived = sum(b.numel() * b.element_size() for name, b in module.named_buffers() if name not in expected)
+    if derived > MAX_DERIVED_BYTES:
+        raise CheckpointError(f"{where}: {config} asks for {derived / 2 ** 20:.0f} MiB of tables that no file "
+                              f"holds (the limit is {MAX_DERIVED_BYTES // 2 ** 20} MiB); the checkpoint was edited")
+    return module
+
+
+def materialise(module_cls, cfg, state_dict: dict, where: str, config: str = "its config"):
+    """:func:`build`, then ``state_dict``'s tensors assigned (strict), in eval mode."""
+    module = build(module_cls, cfg, {name: tuple(t.shape) for name, t in state_dict.items()}, where, config)
+    module.load_state_dict(state_dict, strict=True, assign=True)
+    return module.eval()
+
+
+class _OverBudget(Exception):
+    pass
+
+
+class _BuildBudget(TorchFunctionMode):
+    """Inside, in this thread: a torch call that would make a tensor of more than ``max_elements`` raises
+    :class:`_OverBudget` before it runs, and so does registering more than ``max_modules`` submodules.
+
+    Sizes are known before a call runs for factories (``zeros``, ``full``, ``arange``, ``randn``, ... from their
+    size arguments, ``repeat`` from its counts) and for elementwise calls (the broadcast of the tensor
+    arguments' shapes: the outer products position tables and masks are made of); any other call is checked
+    after it runs, its first oversized result stopping the build."""
+
+    def __init__(self, max_elements: int, max_modules: int):
+        super().__init__()
+        self.max_elements, self.modules_left, self.thread = max_elements, max_modules, threading.get_ident()
+
+    def __enter__(self):
+        self.hook = torch.nn.modules.module.register_module_module_registration_hook(self._count)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self.hook.remove()
+        return super().__exit__(*exc)
+
+    def _count(self, module, name, submodule):
+        if threading.get_ident() == self.thread:  # the hook is global; other threads' modules are not counted
+            self.modules_left -= 1
+            if self.modules_left < 0:
+                raise _OverBudget("far more layers than the checkpoint has tensors")
+
+    def _check(self, elements: int):
+        if elements > self.max_elements:
+            raise _OverBudget(f"a tensor of {elements:,} elements, more than any the checkpoint holds")
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if name in _FACTORIES:
+            self._check(_factory_elements(name, args, kwargs))
+        elif name in ("repeat", "tile") and tensors:
+            self._check(tensors[0].numel() * math.prod(a for a in args[1:] if isinstance(a, int)) *
+                        math.prod(next((a for a in args[1:] if isinstance(a, tuple | list)), ())))
+        elif len(tensors) > 1:
+            self._check(_broadcast_elements([t.shape for t in tensors]))
+        out = func(*args, **kwargs)
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._check(t.numel())
+        return out
+
+
+_FACTORIES = {"zeros", "ones", "empty", "full", "rand", "randn", "randint", "arange", "linspace", "logspace", "eye",
+              "new_zeros", "new_ones", "new_empty", "new_full"}
+
+
+def _factory_elements(name: str, args: tuple, kwargs: dict) -> int:
+    """Elements a factory call makes, from its arguments."""
+    numbers = [a for a in args if isinstance(a, int | float) and not isinstance(a, bool)]
+    if name == "arange":
+        start, end, step = (0, *numbers, 1)[-3:] if len(numbers) < 3 else numbers[:3]
+        start, end, step = kwargs.get("start", start), kwargs.get("end", end), kwargs.get("step", step)
+        return max(0, math.ceil((end - start) / step)) if step else 0
+    if name in ("linspace", "logspace"):
+        return int(kwargs.get("steps", numbers[2] if len(numbers) > 2 else 0))
+    if name == "eye":
+        return int(numbers[0]) * int(numbers[1] if len(numbers) > 1 else numbers[0]) if numbers else 0
+    size = kwargs.get("size", next((a for a in args if isinstance(a, tuple | list | torch.Size)), None))
+    if size is None:  # zeros(2, 3)
+        size = [a for a in numbers if isinstance(a, int)]
+    return math.prod(int(n) for n in size)
+
+
+def _broadcast_elements(shapes: list) -> int:
+    """Elements of the broadcast of ``shapes``, or 0 when they do not broadcast (not an elementwise call)."""
+    out = 1
+    for i in range(1, max(len(s) for s in shapes) + 1):
+        sizes = {s[-i] for s in shapes if len(s) >= i} - {1}
+        if len(sizes) > 1:
+            return 0
+        out *= sizes.pop() if sizes else 1
+    return out
+
+
 def _assemble(pipeline, tokenizer: tuple, model: tuple, device, dtype, class_names, defaults):
-    """``pipeline(tokenizer, model)`` from (module class, config, state dict) pairs: each module built with its
-    parameters on the meta device (buffers for real, no init) and its tensors assigned (strict), then moved;
-    ``dtype`` goes to the generator's ``cast``."""
+    """``pipeline(tokenizer, model)`` from (module class, config, state dict) pairs, each module built by
+    :func:`materialise` and moved; ``dtype`` goes to the generator's ``cast``."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    modules = []
-    for cls, cfg, sd in (tokenizer, model):
-        with init_empty_weights(), skip_meta_init():
-            module = cls(cfg)
-        module.load_state_dict(sd, strict=True, assign=True)
-        modules.append(module.to(device))
+    modules = [materialise(cls, cfg, sd, f"the official {role}", "the config inferred from it").to(device)
+               for role, (cls, cfg, sd) in (("tokenizer", tokenizer), ("generator", model))]
     if dtype is not None and dtype != torch.float32:
         modules[1].cast(dtype)
     return pipeline(*modules, class_names=class_names, defaults=defaults)
@@ -254,6 +410,9 @@ def infer_mar_diffusion_config(sd: dict, vae_cfg: KLVAEConfig, **overrides) -> D
     if p * p * vae_cfg.embed_dim != token_dim or math.isqrt(L) ** 2 != L:
         raise CheckpointError(f"the MAR's {token_dim}-channel tokens on {L} positions do not fit the VAE's "
                               f"{vae_cfg.embed_dim}-channel latents")
+    if sd["encoder_pos_embed_learned"].shape[1] < L:
+        raise CheckpointError(f"the MAR's encoder positions are fewer than its {L} token positions; the file is "
+                              "damaged or not a MAR")
     fields = dict(img_size=math.isqrt(L) * p * vae_cfg.stride, vae_stride=vae_cfg.stride, patch_size=p,
                   vae_embed_dim=vae_cfg.embed_dim, encoder_embed_dim=De,
                   encoder_depth=_count(sd, r"encoder_blocks\.(\d+)\."), decoder_embed_dim=Dd,
@@ -277,8 +436,9 @@ def mar_from_state_dicts(vae_sd: dict, mar_sd: dict, device=None, dtype=None, cl
                          **config) -> DiffusionMARPipeline:
     """Build a :class:`DiffusionMARPipeline` from the two official state dicts without a random initialisation.
     ``config``: DiffusionMARConfig fields the weights do not show (attention heads of non-official widths)."""
-    vae_cfg = infer_klvae_config(vae_sd)
-    mar_cfg = infer_mar_diffusion_config(mar_sd, vae_cfg, **config)
+    with _inferring("MAR"):
+        vae_cfg = infer_klvae_config(vae_sd)
+        mar_cfg = infer_mar_diffusion_config(mar_sd, vae_cfg, **config)
     vae_cfg.image_size = mar_cfg.img_size
     return _assemble(DiffusionMARPipeline, (KLVAE, vae_cfg, vae_sd), (DiffusionMAR, mar_cfg, mar_sd), device, dtype,
                      class_names, defaults)
