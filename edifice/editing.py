@@ -37,8 +37,9 @@ import torch
 
 @dataclass
 class Edit:
-    """A checked edit: ``image`` ``[b, 3, H, W]`` float32 in [0, 1] and ``regenerate`` ``[b, h, w]`` bool at the
-    token grid (True = regenerate), b = 1 (one image or mask for the whole batch) or the batch size."""
+    """A checked edit: ``image`` ``[b, 3, H, W]`` float32 in [0, 1] and ``regenerate`` ``[b', h, w]`` bool at the
+    token grid (True = regenerate); each of b, b' is 1 (one image or mask for the whole batch) or the batch
+    size. Encode ``image`` at its own batch (each image once) and broadcast the tokens."""
 
     image: torch.Tensor
     regenerate: torch.Tensor
@@ -51,19 +52,18 @@ class Edit:
     def batch_size(self, batch_size: int = 1) -> int:
         """The batch a sampler should run: the edit's own when it holds several images or masks and
         ``batch_size`` is left at 1, else ``batch_size`` (one image and mask then serve every item)."""
-        b = self.regenerate.shape[0]
+        b = max(self.image.shape[0], self.regenerate.shape[0])
         if b > 1 and batch_size not in (1, b):
             raise ValueError(f"the edit holds {b} images or masks but batch_size is {batch_size}: pass one image "
                              f"and mask for the whole batch, or {b} of each")
         return b if b > 1 else batch_size
 
-    def expand(self, batch_size: int) -> Edit:
-        """The edit for ``batch_size`` items (e.g. as many as ``labels``)."""
-        b = self.regenerate.shape[0]
+    def check_batch(self, batch_size: int) -> None:
+        """Refuse a batch (e.g. as many items as ``labels``) that the edit's images or masks do not fit."""
+        b = max(self.image.shape[0], self.regenerate.shape[0])
         if b not in (1, batch_size):
             raise ValueError(f"the edit holds {b} images or masks but there are {batch_size} labels: pass one "
                              f"label per image, or one image and mask for the whole batch")
-        return Edit(self.image.expand(batch_size, -1, -1, -1), self.regenerate.expand(batch_size, -1, -1))
 
 
 def prepare_edit(image, mask, *, image_size: int, grid: int, device=None) -> Edit | None:
@@ -90,8 +90,7 @@ def prepare_edit(image, mask, *, image_size: int, grid: int, device=None) -> Edi
         if r.all():
             raise ValueError(f"the mask{which} regenerates every token: that is plain generation; leave out image "
                              "and mask, or keep some of the image")
-    b = max(img.shape[0], regen.shape[0])
-    return Edit(img.expand(b, -1, -1, -1).to(device), regen.expand(b, -1, -1).to(device))
+    return Edit(img.to(device), regen.to(device))
 
 
 def to_image_tensor(image) -> torch.Tensor:

@@ -134,14 +134,14 @@ def test_pixel_mask_reduces_to_tokens_that_have_any_masked_pixel():
 def test_batches_broadcast_and_are_checked():
     edit = prepare_edit(torch.rand(1, 3, 32, 32), torch.tensor([[[1, 0], [0, 0]], [[0, 0], [0, 1]]]),
                         image_size=32, grid=2)
-    assert edit.image.shape == (2, 3, 32, 32) and edit.regenerate.shape == (2, 2, 2)
-    assert edit.batch_size(1) == 2 and edit.expand(2).image.shape[0] == 2
+    assert edit.image.shape == (1, 3, 32, 32) and edit.regenerate.shape == (2, 2, 2)  # each image once
+    assert edit.batch_size(1) == 2 and edit.check_batch(2) is None
     with pytest.raises(ValueError, match="holds 2 images or masks but batch_size is 3"):
         edit.batch_size(3)
     with pytest.raises(ValueError, match="2 images or masks but there are 3 labels"):
-        edit.expand(3)
+        edit.check_batch(3)
     one = prepare_edit(torch.rand(3, 32, 32), torch.tensor([[1, 0], [0, 0]]), image_size=32, grid=2)
-    assert one.batch_size(4) == 4 and one.expand(4).regenerate.shape == (4, 2, 2)
+    assert one.batch_size(4) == 4 and one.check_batch(4) is None
     with pytest.raises(ValueError, match="3 images but 2 masks"):
         prepare_edit(torch.rand(3, 3, 32, 32), torch.ones(2, 2, 2).triu(), image_size=32, grid=2)
 
@@ -204,3 +204,102 @@ def test_var_refuses_bad_edits_before_any_work(var_pipe, g):
         next(var_pipe.stream(image=torch.rand(3, 64, 64), mask=torch.ones(4, 4)))
     with pytest.raises(ValueError, match="this model edits 64x64"):
         next(var_pipe.stream(image=torch.rand(3, 32, 32), mask=torch.ones(4, 4).triu()))
+
+
+# -- MAR, discrete and with diffusion head: kept tokens are the image's own at every step ----------------------
+@pytest.fixture(scope="module")
+def mar_pipe():
+    from tests.tiny_models import tiny_mar
+
+    return tiny_mar()  # 32 px, 8x8 tokens, 3 classes
+
+
+@pytest.fixture(scope="module")
+def diff_pipe():
+    from tests.tiny_models import tiny_mar_diffusion
+
+    return tiny_mar_diffusion()  # 64 px, 4x4 tokens, 10 classes
+
+
+def hole(size: int, lo: int, hi: int) -> torch.Tensor:
+    mask = torch.zeros(size, size)
+    mask[lo:hi, lo:hi] = 1
+    return mask
+
+
+@pytest.mark.parametrize("labels, cfg", [(-1, 1.0), ([0, 2], 3.0)])  # plain inpainting; class-conditional edit
+def test_discrete_mar_edit_keeps_the_image_tokens(mar_pipe, labels, cfg):
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mask = hole(32, 8, 20)  # pixels; 4 px tokens -> token rows/cols 2..4
+    ids = mar_pipe.encode(image)
+    steps = list(mar_pipe.stream(image=image, mask=mask, labels=labels, batch_size=2, cfg=cfg, num_steps=4,
+                                 seed=1))
+    kept = steps[0].kept
+    assert kept.shape == (2, 64) and (~kept).sum(1).tolist() == [9, 9]
+    assert torch.equal(kept[0].view(8, 8)[2:5, 2:5], torch.zeros(3, 3, dtype=torch.bool))
+    for s in steps:
+        assert torch.equal(s.kept, kept)
+        assert torch.equal(s.tokens[kept], ids.expand(2, -1)[kept])
+        assert not (s.mask & kept).any() and not (s.revealed & kept).any()
+    assert (steps[-1].tokens > 0).all() and steps[-1].labels.tolist() == ([3, 3] if labels == -1 else labels)
+    stats = mar_pipe.token_stats(steps[0])
+    assert (stats.drawn[kept] == -1).all()
+    assert mar_pipe.generate(image=image, mask=mask, labels=labels, batch_size=2, cfg=cfg, num_steps=4,
+                             seed=1).shape == (2, 3, 32, 32)
+
+
+def test_discrete_mar_edit_batches_and_refusals(mar_pipe):
+    images = torch.rand(2, 3, 32, 32)
+    masks = torch.zeros(2, 8, 8)
+    masks[0, :4] = 1  # image 1: regenerate the top half (token grid)
+    masks[1, :, 4:] = 1  # image 2: the right half
+    last = list(mar_pipe.stream(image=images, mask=masks, labels=-1, num_steps=3, seed=0))[-1]
+    assert last.tokens.shape == (2, 64) and torch.equal(last.kept, ~masks.flatten(1).bool())
+    assert torch.equal(last.tokens[last.kept], mar_pipe.encode(images)[last.kept])
+    with pytest.raises(ValueError, match="either image and mask, or init_tokens"):
+        mar_pipe.stream(image=images, mask=masks, init_tokens=torch.zeros(64, dtype=torch.long))
+    with pytest.raises(ValueError, match="2 images or masks but there are 3 labels"):
+        mar_pipe.stream(image=images, mask=masks, labels=[0, 1, 2])
+    with pytest.raises(ValueError, match="this model edits 32x32"):
+        mar_pipe.stream(image=torch.rand(3, 64, 64), mask=masks[0])
+
+
+@pytest.mark.parametrize("labels, cfg", [(-1, 1.0), ([3, 7], 2.0)])
+def test_diffusion_mar_edit_keeps_the_image_tokens(diff_pipe, labels, cfg):
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 1], [0, 0, 0, 0]])
+    known = diff_pipe.encode(image)
+    steps = list(diff_pipe.stream(image=image, mask=mask, labels=labels, batch_size=2, cfg=cfg, num_steps=3,
+                                  num_sampling_steps=5, seed=3))
+    kept = steps[0].kept
+    assert torch.equal(kept, ~mask.flatten()[None].bool().expand(2, -1))
+    for s in steps:
+        assert torch.equal(s.kept, kept)
+        assert torch.equal(s.tokens[kept], known.expand(2, -1, -1)[kept])
+        assert not (s.mask & kept).any() and not (s.revealed & kept).any()
+    assert not steps[-1].mask.any() and (steps[-1].tokens[~kept] != 0).all()
+    assert sum(int(s.revealed[0].sum()) for s in steps) == 5  # the 5 tokens to draw, once each
+    assert torch.equal(kept.gather(1, steps[0].orders)[:, 5:], torch.ones(2, 11, dtype=torch.bool))
+    heat = diff_pipe.token_stats(steps[-1]).heat
+    assert heat[kept].isnan().all() and not heat[~kept].isnan().any()
+
+
+def test_diffusion_mar_nothing_known_is_plain_generation(diff_pipe):
+    """Editing with every token to draw follows the plain sampler exactly: the restricted order and the
+    schedule reduce to the official ones."""
+    from edifice.generative.mar_diffusion import stream_tokens
+
+    args = dict(labels=[1, 2], num_steps=4, num_sampling_steps=5, cfg=2.0, seed=9)
+    plain = list(stream_tokens(diff_pipe.model, **args))
+    edit = list(stream_tokens(diff_pipe.model, init_tokens=torch.randn(1, 16, 16), init_mask=torch.ones(1, 16).bool(),
+                              **args))
+    for a, b in zip(plain, edit, strict=True):
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.orders, b.orders) and b.kept.sum() == 0
+
+
+def test_diffusion_mar_needs_equal_hole_sizes(diff_pipe):
+    masks = torch.zeros(2, 4, 4)
+    masks[0, 0, 0] = 1
+    masks[1, :2, :2] = 1
+    with pytest.raises(ValueError, match=r"same number of tokens in every image \(got \[1, 4\]\)"):
+        next(diff_pipe.stream(image=torch.rand(3, 64, 64), mask=masks, num_steps=2, num_sampling_steps=5))

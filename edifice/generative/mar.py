@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import render as draw
+from ..editing import prepare_edit
 from ..pipeline import PREVIEW_HELP, Control, Pipeline, TokenStats, cfg_mix, check_preview, new_seed, resolve_labels
 from ..tokenizers.vqvae import VQVAE
 from .blocks import FFN, SelfAttention, sinusoidal_positions
@@ -226,6 +227,7 @@ class MARStep:
     seed: int
     logits: torch.Tensor | None = None  # [B, L, V] this step's logits after CFG ([MASK] at -inf), before temperature
     temperature: float = 1.0
+    kept: torch.Tensor | None = None  # [B, L] bool with init_tokens (editing): True = given, never changed
 
 
 def _labels(model: MAR, labels, batch_size: int, rng: torch.Generator, device) -> torch.Tensor:
@@ -300,6 +302,7 @@ def decode_steps(model: MAR, *, num_steps: int = 8, seq_len: int | None = None, 
     B = label_B.shape[0]
     tokens_BL = _start(init_tokens, B, L, V, mask_token_id, device)
     mask_BL = tokens_BL == mask_token_id
+    kept_BL = None if init_tokens is None else ~mask_BL
     confidence_BL = (~mask_BL).float()
     counts_BK = torch.tensor([reveal_schedule(int(n), num_steps, schedule) for n in mask_BL.sum(1)],
                              device=device).view(B, num_steps)
@@ -334,7 +337,7 @@ def decode_steps(model: MAR, *, num_steps: int = 8, seq_len: int | None = None, 
             yield MARStep(step=k, num_steps=num_steps, tokens=tokens_BL, mask=mask_BL, confidence=confidence_BL,
                           revealed=revealed_BL, predicted=predicted_BL, image=image,
                           seconds=time.perf_counter() - t0, labels=label_B, seed=seed, logits=logits_BLV,
-                          temperature=temperature)
+                          temperature=temperature, kept=kept_BL)
     finally:
         model.train(was_training)
 
@@ -435,10 +438,24 @@ class MARPipeline(Pipeline):
                                       step.temperature, active_BN=step.mask | step.revealed, heat="entropy",
                                       token_names=lambda i: f"code {i - 1}")
 
-    def _sample(self, preview: bool | str = True, **kwargs) -> Iterator[MARStep]:
+    def _sample(self, preview: bool | str = True, image=None, mask=None, **kwargs) -> Iterator[MARStep]:
         """``preview``: True / "full" (exact), "fast" (half-resolution latent), "latent" (linear colours; see
-        :meth:`render`) or False."""
+        :meth:`render`) or False. ``image``, ``mask``: edit an image (:mod:`edifice.editing`; mask 1 =
+        regenerate, at the token grid or in pixels): decoding starts from the image's tokens with the
+        regenerated ones hidden (``init_tokens``), and the kept ones never change."""
         check_preview(preview)
+        edit = prepare_edit(image, mask, image_size=self.image_size, grid=math.isqrt(self.seq_len),
+                            device=self.device)
+        if edit:
+            if kwargs.get("init_tokens") is not None:
+                raise ValueError("pass either image and mask, or init_tokens, not both")
+            labels = kwargs.get("labels")
+            kwargs["batch_size"] = edit.batch_size(kwargs.get("batch_size", 1))
+            if labels is not None and not isinstance(labels, int):
+                edit.check_batch(len(labels))
+            with torch.inference_mode():
+                ids_BL = self.encode(edit.image)
+            kwargs["init_tokens"] = torch.where(edit.kept, ids_BL, MASK_ID)
 
         def render(tokens_BL):  # the last step (nothing hidden) is always decoded exactly
             return self.render(tokens_BL, preview if (tokens_BL == MASK_ID).any() else "full")

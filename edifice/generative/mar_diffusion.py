@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .. import render as draw
+from ..editing import prepare_edit
 from ..pipeline import (
     PREVIEW_HELP,
     Control,
@@ -374,6 +375,7 @@ class DiffusionMARStep:
     seconds: float  # wall time of this step (transformer, diffusion head and preview)
     labels: torch.Tensor  # [B] class ids used (num_classes = unconditional)
     seed: int
+    kept: torch.Tensor | None = None  # [B, L] bool when editing: True = given (init_tokens), never changed
 
 
 def check_sampling(seq_len: int, num_steps: int, cfg: float, cfg_schedule: str, temperature: float,
@@ -397,7 +399,8 @@ def check_sampling(seq_len: int, num_steps: int, cfg: float, cfg_schedule: str, 
 def stream_tokens(model: DiffusionMAR, *, labels=None, batch_size: int = 1, num_steps: int = 64, cfg: float = 1.0,
                   cfg_schedule: str = "linear", temperature: float = 1.0, num_sampling_steps: int | str = 100,
                   seed: int | None = None, render: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                  preview_every: int = 1, cuda_graphs: bool | None = None) -> Iterator[DiffusionMARStep]:
+                  preview_every: int = 1, cuda_graphs: bool | None = None, init_tokens: torch.Tensor | None = None,
+                  init_mask: torch.Tensor | None = None) -> Iterator[DiffusionMARStep]:
     """The official ``sample_tokens``, yielding a :class:`DiffusionMARStep` after each of ``num_steps`` steps.
 
     Each step runs the transformer on the whole sequence (doubled with the null class when ``cfg != 1``),
@@ -407,6 +410,12 @@ def stream_tokens(model: DiffusionMAR, *, labels=None, batch_size: int = 1, num_
     a list = one per image. ``render(tokens_BLC, mask_BL) -> image`` is called every ``preview_every`` steps and at
     the last one. ``cuda_graphs``: replay each step's diffusion loop as a CUDA graph (:class:`SamplerGraphs`;
     None = whenever the whole model is on one CUDA device; the same tokens as eager sampling).
+
+    Editing: ``init_tokens`` ``[B or 1, L, C]`` and ``init_mask`` ``[B or 1, L]`` bool (True = to draw). The
+    other tokens are known from the first step and never change; the ones to draw are filled in the random
+    order restricted to them, over ``mask_lengths(n, num_steps)`` for their number n, which must be the same
+    in every image (the encoder batches images with equally many known tokens). The linear CFG ramp counts
+    every known token, kept or drawn.
     """
     L = model.cfg.seq_len
     check_sampling(L, num_steps, cfg, cfg_schedule, temperature, num_sampling_steps)
@@ -414,6 +423,10 @@ def stream_tokens(model: DiffusionMAR, *, labels=None, batch_size: int = 1, num_
         raise ValueError(f"preview_every must be >= 1, got {preview_every}")
     device = model.fake_latent.device
     graphs = resolve_cuda_graphs(model, cuda_graphs)
+    if (init_tokens is None) != (init_mask is None):
+        raise ValueError("init_tokens and init_mask go together: pass both to edit, or neither")
+    if init_mask is not None and batch_size == 1:
+        batch_size = max(len(init_tokens), len(init_mask))
     seed = new_seed() if seed is None else int(seed)
     label_B = resolve_labels(labels, batch_size, model.num_classes, torch.Generator(device).manual_seed(seed),
                              device)
@@ -422,11 +435,17 @@ def stream_tokens(model: DiffusionMAR, *, labels=None, batch_size: int = 1, num_
     rng = torch.Generator(device).manual_seed(seed)
     tokens_BLC = torch.zeros(B, L, model.cfg.token_embed_dim, device=device)
     mask_BL = torch.ones(B, L, dtype=torch.bool, device=device)
+    n, kept_BL = L, None
+    if init_mask is not None:
+        mask_BL, tokens_BLC = _edit_start(init_tokens, init_mask, tokens_BLC)
+        kept_BL, n = ~mask_BL, int(mask_BL[0].sum())
+        # the positions to draw first, in each sample's random order; the kept ones after them, never drawn
+        orders_BL = orders_BL.gather(1, kept_BL.gather(1, orders_BL).int().argsort(dim=1, stable=True))
     class_emb = model.class_embedding(label_B)
     guided = cfg != 1.0
     if guided:
         class_emb = torch.cat([class_emb, model.class_embedding(torch.full_like(label_B, model.num_classes))])
-    for s, mask_len in enumerate(mask_lengths(L, num_steps)):
+    for s, mask_len in enumerate(mask_lengths(n, num_steps)):
         t0 = time.perf_counter()
         last = s == num_steps - 1
         next_mask_BL = torch.zeros_like(mask_BL)
@@ -447,7 +466,26 @@ def stream_tokens(model: DiffusionMAR, *, labels=None, batch_size: int = 1, num_
             torch.cuda.synchronize(device)
         yield DiffusionMARStep(step=s, num_steps=num_steps, tokens=tokens_BLC, mask=mask_BL, revealed=revealed_BL,
                                orders=orders_BL, cfg=scale, image=image, seconds=time.perf_counter() - t0,
-                               labels=label_B, seed=seed)
+                               labels=label_B, seed=seed, kept=kept_BL)
+
+
+def _edit_start(init_tokens: torch.Tensor, init_mask: torch.Tensor,
+                zeros_BLC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The starting mask ``[B, L]`` (True = to draw) and token buffer of an edit (zeros where unknown, as the
+    official buffer), checked."""
+    B, L, C = zeros_BLC.shape
+    mask_BL = torch.as_tensor(init_mask, device=zeros_BLC.device).bool()
+    tokens = torch.as_tensor(init_tokens, device=zeros_BLC.device).float()
+    if mask_BL.ndim != 2 or mask_BL.shape[0] not in (1, B) or mask_BL.shape[1] != L:
+        raise ValueError(f"init_mask must be [1 or {B}, {L}], got {list(mask_BL.shape)}")
+    if tokens.ndim != 3 or tokens.shape[0] not in (1, B) or tuple(tokens.shape[1:]) != (L, C):
+        raise ValueError(f"init_tokens must be [1 or {B}, {L}, {C}], got {list(tokens.shape)}")
+    mask_BL = mask_BL.expand(B, L)
+    counts = mask_BL.sum(1)
+    if counts[0] == 0 or (counts != counts[0]).any():
+        raise ValueError(f"MAR with a diffusion head draws the same number of tokens in every image (got "
+                         f"{counts.tolist()}), at least one: pass one mask for the batch, or edit one image at a time")
+    return mask_BL.clone(), torch.where(mask_BL[..., None], zeros_BLC, tokens)
 
 
 # -- image pipeline -------------------------------------------------------------------------------------------
@@ -517,6 +555,14 @@ class DiffusionMARPipeline(Pipeline):
                     choices=("full", "fast", "latent")),
         ]
 
+    @classmethod
+    def gpu_seconds(cls, settings: dict, batch_size: int = 1) -> int:
+        """1.5x the eager H100 time of steps x diffusion steps (2.4 ms per call for MAR-B, 2.85 for MAR-H; +10%
+        per extra image) plus 15 s, at least 60 s: 131 s for the authors' 256 x 100 at batch 1."""
+        steps = int(settings.get("num_steps") or cls.START_STEPS["gpu"][0])
+        calls = steps * int(settings.get("num_sampling_steps") or 100) * (1 + 0.1 * (batch_size - 1))
+        return max(60, math.ceil(1.5 * calls * 0.003 + 15))
+
     def status(self, step: DiffusionMARStep) -> str:
         shown = int((~step.mask[0]).sum())
         return (f"step {step.step + 1}/{step.num_steps} · {shown}/{step.mask.shape[1]} revealed · cfg {step.cfg:.2f}"
@@ -530,9 +576,10 @@ class DiffusionMARPipeline(Pipeline):
         so there are no candidates; the heat is when each known token was drawn (0 = first step, 1 = last),
         which shows the random order."""
         B, L = step.mask.shape
-        lengths = mask_lengths(L, step.num_steps)[:-1] + [0]
-        filled_at = torch.tensor([next(s for s, n in enumerate(lengths) if i >= n) for i in range(L)],
-                                 dtype=torch.float32)
+        drawn = L if step.kept is None else L - int(step.kept[0].sum())  # an edit's kept tokens come last
+        lengths = mask_lengths(drawn, step.num_steps)[:-1] + [0]
+        filled_at = torch.tensor([next(s for s, n in enumerate(lengths) if i >= n) if i < drawn else torch.nan
+                                  for i in range(L)], dtype=torch.float32)
         when_BL = torch.empty(B, L).scatter_(1, step.orders.cpu(), filled_at.expand(B, L).contiguous())
         heat = torch.where(step.mask.cpu(), torch.nan, when_BL / max(step.num_steps - 1, 1))
         empty, side = torch.zeros(B, L, 0), math.isqrt(L)
@@ -540,10 +587,19 @@ class DiffusionMARPipeline(Pipeline):
                           torch.full((B, L), torch.nan), heat, "step at which the token was drawn (0 first → 1 last)",
                           "continuous latent drawn by the diffusion head: no distribution over a vocabulary")
 
-    def _sample(self, preview: bool | str = True, **kwargs) -> Iterator[DiffusionMARStep]:
+    def _sample(self, preview: bool | str = True, image=None, mask=None, **kwargs) -> Iterator[DiffusionMARStep]:
         """``preview``: True / "full", "fast", "latent" (see :meth:`render`) or False; ``preview_every``: decode
-        every k-th step only (the last is always decoded, exactly)."""
+        every k-th step only (the last is always decoded, exactly). ``image``, ``mask``: edit an image
+        (:mod:`edifice.editing`; mask 1 = regenerate, at the token grid or in pixels): the kept tokens are the
+        image's VAE posterior means (times the latent scale), known from the first step (``init_tokens``)."""
         check_preview(preview)
+        edit = prepare_edit(image, mask, image_size=self.image_size, grid=self.model.cfg.seq_h, device=self.device)
+        if edit:
+            kwargs["batch_size"] = edit.batch_size(kwargs.get("batch_size", 1))
+            labels = kwargs.get("labels")
+            if labels is not None and not isinstance(labels, int):
+                edit.check_batch(len(labels))
+            kwargs.update(init_tokens=self.encode(edit.image), init_mask=edit.regenerate.flatten(1))
 
         def render(tokens_BLC, mask_BL):  # the last step (nothing unknown) is always decoded exactly
             return self.render(tokens_BLC, preview if mask_BL.any() else "full")
@@ -553,6 +609,13 @@ class DiffusionMARPipeline(Pipeline):
     @torch.inference_mode()
     def decode(self, step: DiffusionMARStep) -> torch.Tensor:
         return self.render(step.tokens)
+
+    @torch.inference_mode()
+    def encode(self, img_B3HW: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> tokens ``[B, L, C]``: the VAE's posterior mean times its latent scale, patchified
+        (the inverse of :meth:`render` up to the VAE's reconstruction)."""
+        mean, _ = self.tokenizer.encode(img_B3HW.mul(2).sub(1).to(self.tokenizer.quant_conv.weight.dtype))
+        return self.model.patchify(mean.float() * self.tokenizer.cfg.scale)
 
     @torch.inference_mode()
     def estimate_seconds(self, *, num_steps: int = 64, num_sampling_steps: int = 100, cfg: float = 1.0,

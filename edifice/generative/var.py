@@ -429,10 +429,11 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
     label_B = resolve_labels(labels, batch_size, var.num_classes, rng, device)
     B, K = label_B.shape[0], len(var.patch_nums)
     quant = vae.quantize
-    if edit:
-        edit = edit.expand(B)
-        gt_idx = vae.img_to_idx(edit.image.mul(2).sub(1).to(vae.quant_conv.weight.dtype), scale_ids)
-        keep = scale_keep_masks(~edit.regenerate, [var.patch_nums[si] for si in scale_ids])
+    if edit:  # each image encoded once, over the chosen scales; tokens and masks broadcast to the batch
+        edit.check_batch(B)
+        gt_idx = [ids.expand(B, -1) for ids in
+                  vae.img_to_idx(edit.image.mul(2).sub(1).to(vae.quant_conv.weight.dtype), scale_ids)]
+        keep = [k.expand(B, -1) for k in scale_keep_masks(~edit.regenerate, [var.patch_nums[si] for si in scale_ids])]
 
     cond_BD = var.class_emb(torch.cat((label_B, torch.full_like(label_B, var.num_classes))))
     cond = var.block_cond(cond_BD)
