@@ -12,13 +12,18 @@ from .errors import (
     UnknownPresetError,
 )
 from .generative.fractalgen import FractalGen, FractalGenConfig, FractalGenPipeline, FractalGenStep
+from .generative.llamagen import LlamaGen, LlamaGenConfig, LlamaGenPipeline, LlamaGenStep
 from .generative.mar import MAR, MARConfig, MARPipeline, MARStep
 from .generative.mar_diffusion import DiffusionMAR, DiffusionMARConfig, DiffusionMARPipeline, DiffusionMARStep
+from .generative.maskgit import MaskGIT, MaskGITConfig, MaskGITPipeline, MaskGITStep
 from .generative.var import VAR, VARConfig, VARPipeline, VARStep
 from .loading import download, load
 from .official import load_official_mar, load_official_var
 from .official_fractalgen import load_official_fractalgen
+from .official_llamagen import load_official_llamagen
+from .official_maskgit import load_official_maskgit
 from .tokenizers.klvae import KLVAE, KLVAEConfig
+from .tokenizers.llamagen_vq import LlamaGenVQ, LlamaGenVQConfig
 from .tokenizers.vqvae import VQVAE, VQVAEConfig
 
 __all__ = ["CheckpointError", "EdificeError", "MAR", "MARConfig", "MARPipeline", "MARStep", "VAR", "VARConfig",
@@ -27,3 +32,6 @@ __all__ += ["CheckpointNotFoundError", "HubUnreachableError", "UnknownPresetErro
 __all__ += ["DiffusionMAR", "DiffusionMARConfig", "DiffusionMARPipeline", "DiffusionMARStep", "KLVAE", "KLVAEConfig",
             "load_official_mar"]
 __all__ += ["FractalGen", "FractalGenConfig", "FractalGenPipeline", "FractalGenStep", "load_official_fractalgen"]
+__all__ += ["LlamaGen", "LlamaGenConfig", "LlamaGenPipeline", "LlamaGenStep", "LlamaGenVQ", "LlamaGenVQConfig",
+            "MaskGIT", "MaskGITConfig", "MaskGITPipeline", "MaskGITStep", "load_official_llamagen",
+            "load_official_maskgit"]

@@ -3,6 +3,8 @@
     python -m edifice convert --var-vae vae_ch160v4096z32.pth --var var_d16.pth --out var-d16
     python -m edifice convert --mar-vae kl16.safetensors --mar mar-large.safetensors --out mar-large
     python -m edifice convert --fractalgen pretrained_models/fractalmar_in64/checkpoint-last.pth --out fractalmar-in64
+    python -m edifice convert --vq vq_ds16_c2i.pt --maskgit ImageNet_256_small.pth --out maskgit-256-small
+    python -m edifice convert --vq vq_ds16_c2i.pt --llamagen c2i_L_384.pt --out llamagen-l-384
     python -m edifice download var-d16             # a preset or an org/name Hub repo; --revision, --force
     python -m edifice resave runs/emoji-var/export --out checkpoints/emoji-var --dtype fp16 --set cfg=2.0
 
@@ -27,6 +29,8 @@ from . import loading, presets
 from .errors import EdificeError
 from .official import load_official_mar, load_official_var
 from .official_fractalgen import load_official_fractalgen, parse_config
+from .official_llamagen import load_official_llamagen
+from .official_maskgit import load_official_maskgit, parse_cli_config
 
 # family -> (the convert flags it needs, as argparse dests; files -> float32 pipeline on the CPU)
 CONVERTERS = {
@@ -35,6 +39,12 @@ CONVERTERS = {
     "fractalgen": (("fractalgen",), lambda args: load_official_fractalgen(args.fractalgen,
                                                                         parse_config(args.fractalgen_config),
                                                                         device="cpu")),
+    "maskgit": (("maskgit", "vq"), lambda args: load_official_maskgit(args.vq, args.maskgit,
+                                                                      parse_cli_config(args.model_config),
+                                                                      device="cpu")),
+    "llamagen": (("llamagen", "vq"), lambda args: load_official_llamagen(args.vq, args.llamagen,
+                                                                         parse_cli_config(args.model_config),
+                                                                         device="cpu")),
 }
 
 
@@ -67,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     fractal.add_argument("--fractalgen-config", metavar="NAME|JSON", help="official model name (fractalar_in64, "
                          "fractalmar_in64, fractalmar_{base,large,huge}_in256) or the authors' constructor "
                          "arguments as JSON (text or file); default: read from the weights")
+    vq = convert.add_argument_group("Halton-MaskGIT (llvictorll/Halton-MaskGIT), LlamaGen (FoundationVision/LlamaGen)")
+    vq.add_argument("--vq", type=Path, metavar="VQ.pt", help="the LlamaGen VQ-16 tokenizer vq_ds16_c2i.pt (both)")
+    vq.add_argument("--maskgit", type=Path, metavar="MODEL.pth", help="ImageNet_256_tiny.pth ... _384_large.pth")
+    vq.add_argument("--llamagen", type=Path, metavar="GPT.pt", help="c2i_B_256.pt ... c2i_3B_384.pt")
+    vq.add_argument("--model-config", metavar="NAME|JSON", help="released name (ImageNet_256_small, GPT-L, c2i_L_384) "
+                    "or the authors' arguments {\"vq\": ..., \"maskgit\"|\"gpt\": ...} as JSON (text or file); "
+                    "default: the released widths' heads")
     convert.add_argument("--out", type=Path, required=True, help="folder to write (created; files replaced)")
     convert.add_argument("--classes", help="class names: a list shipped in assets/ (e.g. imagenet) or a text "
                                            "file with one name per line (default: the matching preset's)")
@@ -112,7 +129,7 @@ def run_resave(args: argparse.Namespace) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> None:
-    chosen = [kind for kind, (flags, _) in CONVERTERS.items() if any(getattr(args, f) for f in flags)]
+    chosen = [kind for kind, (flags, _) in CONVERTERS.items() if any(getattr(args, f) for f in flags if f != "vq")]
     if len(chosen) != 1:
         raise EdificeError("convert: give the files of one model family, e.g. --var-vae VAE.pth --var VAR.pth "
                            "or --mar-vae kl16.safetensors --mar mar-base.safetensors")

@@ -21,7 +21,16 @@ from pathlib import Path
 from .errors import CheckpointError
 from .generative.llamagen import LlamaGen, LlamaGenConfig, LlamaGenPipeline
 from .official import _assemble, _count, load_torch_file
-from .official_maskgit import _check_args, check_shapes, load_vq_state_dict, split_config, unwrap, vq_config, vq_stride
+from .official_maskgit import (
+    _check_args,
+    check_shapes,
+    load_vq_state_dict,
+    preset_model_config,
+    split_config,
+    unwrap,
+    vq_config,
+    vq_stride,
+)
 from .tokenizers.llamagen_vq import LlamaGenVQ
 
 # GPT_models of autoregressive/models/gpt.py: (n_layer, n_head, dim).
@@ -44,8 +53,9 @@ def release_args(config) -> dict | None:
     key = f"GPT-{file.group(1)}" if file else name
     matches = [r for r in RELEASES if r.lower() == key.lower()]
     if not matches:
-        raise CheckpointError(f"unknown LlamaGen GPT {str(config)!r}; released: {', '.join(RELEASES)} or file names "
-                              "like c2i_B_256.pt (or pass a dict {'vq': {...}, 'gpt': {...}} of the authors' ModelArgs)")
+        raise CheckpointError(f"unknown LlamaGen GPT {str(config)!r}; released: {', '.join(RELEASES)} or file "
+                              "names like c2i_B_256.pt (or pass a dict {'vq': {...}, 'gpt': {...}} of the authors' "
+                              "ModelArgs)")
     n_layer, n_head, dim = RELEASES[matches[0]]
     args = dict(n_layer=n_layer, n_head=n_head, dim=dim)
     if file:
@@ -120,3 +130,10 @@ def load_official_llamagen(vq_path, gpt_path, config=None, device=None, dtype=No
         config = Path(str(gpt_path)).name
     vq_sd, gpt_sd = load_vq_state_dict(vq_path), load_gpt_state_dict(gpt_path)
     return llamagen_from_state_dicts(vq_sd, gpt_sd, config, device, dtype, paths=(vq_path, gpt_path))
+
+
+def load_preset(files: dict[str, Path], config: dict) -> LlamaGenPipeline:
+    """An ``official-llamagen`` preset's files as a float32 pipeline on the CPU (``config``: ``name`` or
+    ``arguments``, see :func:`edifice.official_maskgit.preset_model_config`)."""
+    return load_official_llamagen(files["vq"], files["gpt"], preset_model_config(config), device="cpu")
+

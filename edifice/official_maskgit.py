@@ -16,12 +16,14 @@ model is built; everything else is read from the shapes.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
 
+from . import hub
 from .errors import CheckpointError
 from .generative.maskgit import MaskGIT, MaskGITConfig, MaskGITPipeline
 from .official import _assemble, _count, load_torch_file, skip_meta_init
@@ -213,3 +215,49 @@ def load_official_maskgit(vq_path, model_path, config=None, device=None, dtype=N
     """
     vq_sd, model_sd = load_vq_state_dict(vq_path), load_maskgit_state_dict(model_path)
     return maskgit_from_state_dicts(vq_sd, model_sd, config, device, dtype, paths=(vq_path, model_path))
+
+
+# -- presets ---------------------------------------------------------------------------------------------------------
+def tokenizer_file(config: dict, name: str, asked: str, *, prefer_cache: bool = True, force: bool = False) -> Path:
+    """The VQ file of an ``official-maskgit`` preset: it lives in LlamaGen's Hub repo (``vq_repo`` in the
+    preset's ``config``, at ``vq_revision``), not in the authors' Halton-MaskGIT repo."""
+    folder = hub.fetch(config["vq_repo"], [name], config.get("vq_revision"), asked=asked, prefer_cache=prefer_cache,
+                       force=force)
+    return folder / name
+
+
+def fetch_preset(preset, spec: str, revision: str | None, *, prefer_cache: bool, force: bool = False) -> Path:
+    """Both Hub repos of an ``official-maskgit`` preset: the tokenizer's (LlamaGen) and the transformer's; returns
+    the transformer's folder (``files["model"]``)."""
+    tokenizer_file(preset.config, preset.files["vq"], spec, prefer_cache=prefer_cache, force=force)
+    return hub.fetch(preset.repo, [preset.files["model"]], revision or preset.revision, asked=spec,
+                     prefer_cache=prefer_cache, force=force)
+
+
+def load_preset(files: dict[str, Path], config: dict) -> MaskGITPipeline:
+    """An ``official-maskgit`` preset's files (as :func:`fetch_preset` left them) as a float32 pipeline on the CPU."""
+    vq = tokenizer_file(config, files["vq"].name, config.get("name", "the preset"))
+    return load_official_maskgit(vq, files["model"], preset_model_config(config), device="cpu")
+
+
+def preset_model_config(config: dict):
+    """The ``config`` argument of the official loaders from a preset's ``config``: a released model's ``name``,
+    or ``arguments``, the dict of the authors' constructor arguments (e.g. a test model's)."""
+    return config.get("name") or config.get("arguments")
+
+
+def parse_cli_config(text: str | None):
+    """``--model-config``: None, a released model's name (checked by the loader), or the authors' arguments as a
+    JSON dict (text, or a file holding it)."""
+    inline = text is not None and text.lstrip().startswith("{")
+    if text is None or not inline and not Path(text).is_file():
+        return text
+    try:
+        value = json.loads(text if inline else Path(text).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"--model-config: not valid JSON ({e}); pass a released model's name or a JSON dict "
+                              "{\"vq\": {...}, \"maskgit\" or \"gpt\": {...}}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError("--model-config: expected a JSON dict {\"vq\": {...}, \"maskgit\" or \"gpt\": {...}}")
+    return value
+

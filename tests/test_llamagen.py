@@ -11,6 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import edifice
+from edifice import presets
+from edifice.__main__ import main
 from edifice.errors import CheckpointError
 from edifice.generative.llamagen import LlamaGen, filter_top_k_top_p_
 from edifice.official_llamagen import RELEASES, check_shapes, gpt_config, load_official_llamagen, release_args
@@ -188,3 +191,47 @@ def test_released_vq_config_is_inferred():
     assert (cfg.codebook_size, cfg.codebook_embed_dim, cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.z_channels) == (
         16384, 8, 128, (1, 1, 2, 2, 4), 2, 256)
     assert load_vq_state_dict(VQ)["quantize.embedding.weight"].shape == (64, 8)
+
+
+# -- presets, convert and the edifice format ------------------------------------------------------------------------
+def test_preset_from_the_hub(fake_hub, g):
+    fake_hub.add_commit("edifice-test/llamagen", {"vq_tiny.pt": VQ.read_bytes(), "gpt_tiny.pt": GPT.read_bytes()})
+    case = CASES["gen_cfg4_topk20_t0.9"]
+    defaults = {k: v for k, v in edifice_args(case).items() if k not in ("labels", "seed")}
+    presets.register("test-llamagen-tiny", kind="llamagen", source="official-llamagen", repo="edifice-test/llamagen",
+                     files={"vq": "vq_tiny.pt", "gpt": "gpt_tiny.pt"}, image_size=128, defaults=defaults,
+                     config={"arguments": TINY})
+    try:
+        pipe = edifice.load("test-llamagen-tiny", device="cpu")
+        images = pipe.generate(labels=case["labels"], seed=case["seed"])
+        torch.testing.assert_close(images * 2 - 1, g["gen_cfg4_topk20_t0.9.image"].clamp(-1, 1), atol=1e-4, rtol=0)
+        fake_hub.stop()
+        assert edifice.load("test-llamagen-tiny", device="cpu").defaults["cfg"] == 4.0  # cached
+    finally:
+        presets.unregister("test-llamagen-tiny")
+
+
+def test_released_presets():
+    table = presets.presets()
+    names = [n for n, p in table.items() if p.kind == "llamagen"]
+    assert names == ["llamagen-b-256", "llamagen-b-384", "llamagen-l-256", "llamagen-l-384", "llamagen-xl-384",
+                     "llamagen-xxl-384", "llamagen-3b-384"]
+    for n in names:
+        p = table[n]
+        real = SHAPES[f"llamagen_{p.config['name']}"]
+        assert p.files == {"vq": "vq_ds16_c2i.pt", "gpt": real["hub_file"]}
+        assert p.params == real["num_params"] + SHAPES["llamagen_vq_ds16_c2i"]["num_params"]
+        assert p.image_size == 16 * real["derived"]["grid"] and p.defaults["cfg"] in (2.0, 1.75, 1.65)
+
+
+def test_convert_and_reload_the_edifice_checkpoint(tmp_path, pipe):
+    out = tmp_path / "ckpt"
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    assert main(["convert", "--vq", str(VQ), "--llamagen", str(GPT), "--model-config", str(tmp_path / "config.json"),
+                 "--out", str(out)]) == 0
+    again = edifice.load(out, device="cpu")
+    assert again.kind == "llamagen" and again.model.cfg == pipe.model.cfg
+    args = edifice_args(CASES["gen_cfg2_topp0.8_t1.1"])
+    assert torch.equal(list(again.stream(preview=False, **args))[-1].tokens,
+                       list(pipe.stream(preview=False, **args))[-1].tokens)
+    assert main(["convert", "--vq", str(VQ), "--llamagen", str(GPT), "--maskgit", str(GPT), "--out", str(out)]) == 1

@@ -4,12 +4,16 @@ at every step, images; the authors' checkpoint layouts and released configs; the
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import edifice
+from edifice import presets
+from edifice.__main__ import main
 from edifice.errors import CheckpointError
 from edifice.generative import mar
 from edifice.generative.maskgit import (
@@ -18,7 +22,6 @@ from edifice.generative.maskgit import (
     halton_order,
     halton_schedule,
     halton_temperatures,
-    stream_tokens,
 )
 from edifice.official_maskgit import RELEASES, check_shapes, load_official_maskgit, maskgit_config
 from edifice.tokenizers.llamagen_vq import LlamaGenVQ, LlamaGenVQConfig
@@ -93,7 +96,7 @@ def test_schedules_and_halton_order():
 
 def test_halton_temperatures():
     for key, values in SCHEDULES["halton_temperature"].items():
-        lo, hi, power, steps, warmup = (float(p.lstrip("minaxpowstepwarmup")) for p in key.split("_"))
+        lo, hi, power, steps, warmup = (float(re.sub(r"^[a-z]+", "", p)) for p in key.split("_"))
         temps = halton_temperatures(int(steps), lo, hi, power, int(warmup))
         assert temps.tolist() == values, key  # float32 values, exactly
 
@@ -249,3 +252,65 @@ def test_released_vq_shapes():
         vq = LlamaGenVQ(LlamaGenVQConfig())
     assert {k: list(v.shape) for k, v in vq.state_dict().items()} == real["state_dict"]
     assert sum(p.numel() for p in vq.parameters()) == real["num_params"]
+
+
+# -- presets, convert and the edifice format ------------------------------------------------------------------------
+HALTON_S8 = edifice_args(CASES["halton_s8_w0"])
+
+
+@pytest.fixture
+def tiny_preset(fake_hub):
+    """Preset "test-maskgit-tiny": the transformer in one fake-Hub repo, the VQ in another, as the real presets."""
+    fake_hub.add_commit("edifice-test/llamagen", {"vq_tiny.pt": VQ.read_bytes()})
+    fake_hub.add_commit("edifice-test/halton", {"maskgit_tiny.pth": MODEL.read_bytes()})
+    defaults = {k: v for k, v in HALTON_S8.items() if k not in ("labels", "seed")}
+    yield presets.register("test-maskgit-tiny", kind="maskgit", source="official-maskgit", repo="edifice-test/halton",
+                           files={"vq": "vq_tiny.pt", "model": "maskgit_tiny.pth"}, image_size=128,
+                           defaults=defaults, config={"arguments": TINY, "vq_repo": "edifice-test/llamagen"})
+    presets.unregister("test-maskgit-tiny")
+
+
+def test_preset_from_two_hub_repos(fake_hub, tiny_preset, g):
+    pipe = edifice.load("test-maskgit-tiny", device="cpu")
+    got = sorted(p.rsplit("/", 1)[1] for m, p in fake_hub.requests if m == "GET" and "/resolve/" in p)
+    assert got == ["maskgit_tiny.pth", "vq_tiny.pt"]
+    images = pipe.generate(labels=HALTON_S8["labels"], seed=HALTON_S8["seed"])  # sampler settings from the preset
+    torch.testing.assert_close(images * 2 - 1, g["halton_s8_w0.image"], atol=1e-4, rtol=0)
+    fake_hub.requests.clear()
+    edifice.load("test-maskgit-tiny", device="cpu")
+    assert fake_hub.requests == []  # both files from the cache
+    fake_hub.stop()
+    assert edifice.load("test-maskgit-tiny", device="cpu").defaults["sampler"] == "halton"
+
+
+def test_download_fetches_both_repos_then_loads_offline(fake_hub, tiny_preset):
+    folder = edifice.download("test-maskgit-tiny")
+    assert (folder / "maskgit_tiny.pth").is_file()
+    fake_hub.stop()
+    assert edifice.load("test-maskgit-tiny", device="cpu").model.cfg.hidden_dim == 48
+
+
+def test_released_presets():
+    table = presets.presets()
+    names = [n for n, p in table.items() if p.kind == "maskgit"]
+    assert names == ["maskgit-256-tiny", "maskgit-256-small", "maskgit-256-base", "maskgit-384-small",
+                     "maskgit-384-base", "maskgit-384-large"]
+    for n in names:
+        p = table[n]
+        real = SHAPES[f"halton_maskgit_{p.config['name']}"]
+        assert p.files["model"] == real["hub_file"] and p.config["vq_repo"] == "FoundationVision/LlamaGen"
+        assert p.params == real["num_params"] + SHAPES["llamagen_vq_ds16_c2i"]["num_params"]
+        assert p.image_size == 16 * RELEASES[p.config["name"]]["input_size"]
+        assert p.defaults["sampler"] == "halton" and p.defaults["num_steps"] == 32
+
+
+def test_convert_and_reload_the_edifice_checkpoint(tmp_path, pipe):
+    out = tmp_path / "ckpt"
+    assert main(["convert", "--vq", str(VQ), "--maskgit", str(MODEL), "--model-config", json.dumps(TINY),
+                 "--out", str(out)]) == 0
+    again = edifice.load(out, device="cpu")
+    assert again.kind == "maskgit" and again.model.cfg == pipe.model.cfg and again.tokenizer.cfg == pipe.tokenizer.cfg
+    a = list(again.stream(preview=False, **HALTON_S8))[-1].tokens
+    b = list(pipe.stream(preview=False, **HALTON_S8))[-1].tokens
+    assert torch.equal(a, b)
+    assert main(["convert", "--maskgit", str(MODEL), "--out", str(out)]) == 1  # --vq missing: one-line error

@@ -311,7 +311,8 @@ def check_sampling(seq_len: int, sampler: str, num_steps: int, cfg: float, tempe
     if cfg < 0:
         raise ValueError(f"cfg (the authors' w) must be >= 0 (0 = no guidance), got {cfg}")
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 (it divides the logits; 1 = the authors' sampler), got {temperature}")
+        raise ValueError(f"temperature must be > 0 (it divides the logits; 1 = the authors' sampler), "
+                         f"got {temperature}")
     if top_k < 0 and top_k != -1:
         raise ValueError(f"top_k must be >= 0 (0 or -1 = off), got {top_k}")
     if sampler == "confidence":
