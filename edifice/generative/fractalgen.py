@@ -788,8 +788,8 @@ class _Sampler:
 @torch.inference_mode()
 def stream_pixels(model: FractalGen, *, labels=None, batch_size: int = 1, num_iter_list=None, cfg: float = 1.0,
                   cfg_schedule: str = "linear", temperature: float = 1.0, filter_threshold: float = 1e-4,
-                  seed: int | None = None, stream_depth: int = 0, preview: bool = True) \
-        -> Iterator[FractalGenStep]:
+                  seed: int | None = None, stream_depth: int = 0, preview: bool = True,
+                  generator: torch.Generator | None = None) -> Iterator[FractalGenStep]:
     """The official ``FractalGen.sample``, yielding a :class:`FractalGenStep` after each top-level step and, for
     ``stream_depth`` d > 0, after each step of levels 1..d too (d = K - 1: after every pixel-head call, i.e.
     pixel by pixel within a patch). ``labels``: None = drawn at random, an int = the whole batch (negative =
@@ -798,7 +798,8 @@ def stream_pixels(model: FractalGen, *, labels=None, batch_size: int = 1, num_it
     ramped by ``cfg_schedule`` (lower levels use the top level's value of the moment); ``temperature``
     multiplies the pixel logits (the authors' convention: > 1 sharpens); ``filter_threshold``: under CFG,
     candidates whose conditional probability is below it get no boost from guidance. ``preview=False``
-    leaves ``image`` None except in the last record."""
+    leaves ``image`` None except in the last record. ``generator``: draw from this one (advancing it) instead
+    of a fresh one seeded with ``seed``."""
     K = model.cfg.num_levels
     if num_iter_list is None:
         num_iter_list = [min(model.cfg.seq_len(l), 64) for l in range(K - 1)]
@@ -808,8 +809,8 @@ def stream_pixels(model: FractalGen, *, labels=None, batch_size: int = 1, num_it
     label_B = resolve_labels(labels, batch_size, model.num_classes, torch.Generator(device).manual_seed(seed),
                              device)
     B = label_B.shape[0]
-    run = _Sampler(model, steps, float(temperature), float(filter_threshold),
-                   torch.Generator(device).manual_seed(seed), stream_depth, B, device)
+    rng = generator if generator is not None else torch.Generator(device).manual_seed(seed)
+    run = _Sampler(model, steps, float(temperature), float(filter_threshold), rng, stream_depth, B, device)
     ce = model.class_embedding(label_B)
     if cfg != 1.0:
         ce = torch.cat([ce, model.fake_latent.repeat(B, 1)])
