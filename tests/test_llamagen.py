@@ -235,3 +235,25 @@ def test_convert_and_reload_the_edifice_checkpoint(tmp_path, pipe):
     assert torch.equal(list(again.stream(preview=False, **args))[-1].tokens,
                        list(pipe.stream(preview=False, **args))[-1].tokens)
     assert main(["convert", "--vq", str(VQ), "--llamagen", str(GPT), "--maskgit", str(GPT), "--out", str(out)]) == 1
+
+
+# -- the family interface -------------------------------------------------------------------------------------------
+def test_family_interface(pipe):
+    from edifice import render
+
+    controls = pipe.controls()
+    settings = {c.name: c.check(c.default) for c in controls}
+    assert set(settings) == {"cfg", "cfg_interval", "temperature", "top_k", "top_p", "preview_every", "preview"}
+    assert settings["preview_every"] == 8  # one row of the 8x8 grid
+    steps = list(pipe.stream(labels=[3, 7], seed=0, **{**settings, "cfg": 4.0, "preview": "latent"}))
+    assert len(steps) == 8
+    step = steps[2]
+    assert pipe.status(step).startswith("tokens 17–24/64 · row 3/8 · ")
+    assert pipe.token_view(step, target=64).size == (2 * 64 + 4, 64)
+    stats = pipe.token_stats(step)
+    info = stats.inspect(0, 2, 5)  # generated in this record
+    assert info["drawn"] == f"code {int(step.tokens[0, 21])}"
+    assert info["drawn_prob"] == pytest.approx(float(step.confidence[0, 21]))
+    assert max(info["candidates"].values()) >= info["drawn_prob"] - 1e-6
+    assert stats.inspect(0, 4, 0)["drawn"] is None  # below the raster front
+    assert render.uncertainty_view(stats, target=64).size == (2 * 64 + 4, 64)

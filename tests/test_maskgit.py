@@ -17,6 +17,7 @@ from edifice.__main__ import main
 from edifice.errors import CheckpointError
 from edifice.generative import mar
 from edifice.generative.maskgit import (
+    SAMPLERS,
     MaskGIT,
     confidence_schedule,
     halton_order,
@@ -314,3 +315,40 @@ def test_convert_and_reload_the_edifice_checkpoint(tmp_path, pipe):
     b = list(pipe.stream(preview=False, **HALTON_S8))[-1].tokens
     assert torch.equal(a, b)
     assert main(["convert", "--maskgit", str(MODEL), "--out", str(out)]) == 1  # --vq missing: one-line error
+
+
+# -- the family interface -------------------------------------------------------------------------------------------
+def test_family_interface(pipe):
+    from edifice import render
+
+    controls = pipe.controls()
+    settings = {c.name: c.check(c.default) for c in controls}
+    assert {"sampler", "num_steps", "cfg", "temperature", "top_k", "randomize", "sm_temp_min", "r_temp",
+            "sched_mode", "preview"} <= set(settings)
+    settings.update(num_steps=6, preview="fast")
+    for sampler in SAMPLERS:  # every control is a stream() keyword, for both samplers
+        steps = list(pipe.stream(labels=[1, 2], seed=0, **{**settings, "sampler": sampler}))
+        assert len(steps) == 6
+        step = steps[2]
+        assert pipe.status(step).startswith(f"step 3/6 · {int((~step.mask[0]).sum())}/64 revealed · {sampler}")
+        assert pipe.token_view(step, target=64).size == (2 * 64 + 4, 64)
+        stats = pipe.token_stats(step)
+        info = stats.inspect(1, 3, 5)
+        assert len(info["candidates"]) == 8 and sum(info["candidates"].values()) <= 1 + 1e-5
+        n = 3 * 8 + 5
+        drawn_here = bool(step.revealed[1, n] or step.mask[1, n]) or sampler == "confidence"
+        assert (info["drawn"] is not None) == drawn_here
+        if drawn_here:
+            assert info["drawn"] == ("mask token" if step.predicted[1, n] == K else f"code {int(step.predicted[1, n])}")
+            assert info["drawn_prob"] == pytest.approx(float(step.confidence[1, n]))
+        assert render.uncertainty_view(stats, target=64).size == (2 * 64 + 4, 64)
+    with pytest.raises(ValueError, match="Steps"):
+        next(c for c in controls if c.name == "num_steps").check(65)
+
+
+def test_halton_confidence_is_kept_from_the_reveal_step(pipe):
+    steps = list(pipe.stream(sampler="halton", num_steps=8, seed=1, labels=[1, 2], preview=False))
+    for a, b in zip(steps, steps[1:], strict=False):
+        frozen = ~a.mask
+        assert torch.equal(b.confidence[frozen], a.confidence[frozen])
+        assert torch.equal(b.tokens[frozen], a.tokens[frozen])

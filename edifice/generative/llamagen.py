@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..pipeline import Pipeline, cfg_mix, check_preview, new_seed, resolve_labels
+from .. import render as draw
+from ..pipeline import PREVIEW_HELP, Control, Pipeline, TokenStats, cfg_mix, check_preview, new_seed, resolve_labels
 from ..tokenizers.llamagen_vq import LlamaGenVQ
 from .blocks import KVCache
 from .maskgit import RMSNorm, SwiGLU
@@ -209,6 +210,7 @@ class LlamaGenStep:
     confidence: torch.Tensor  # [B, L] probability of each generated token when it was drawn (0 = not yet)
     candidates: torch.Tensor  # [B, L, 8] the most probable ids at each generated position (after CFG and filters)
     candidate_probs: torch.Tensor  # [B, L, 8] their probabilities
+    entropy: torch.Tensor  # [B, L] entropy (nats) of the distribution each token was drawn from (0 = not yet)
     image: torch.Tensor | None  # [B, 3, H, W] in [0, 1]; None with previews off
     seconds: float  # wall time of this record (its tokens and preview)
     labels: torch.Tensor  # [B] class ids used (num_classes = unconditional)
@@ -264,6 +266,7 @@ def stream_tokens(model: LlamaGen, *, labels=None, batch_size: int = 1, cfg: flo
     conf_BL = torch.zeros(B, L, device=device)
     cand_BLk = torch.zeros(B, L, CANDIDATES, dtype=torch.long, device=device)
     cand_p_BLk = torch.zeros(B, L, CANDIDATES, device=device)
+    entropy_BL = torch.zeros(B, L, device=device)
     num_steps, start, t0 = math.ceil(L / every), 0, time.perf_counter()
     for t in range(L):
         if kv_cache:
@@ -285,6 +288,7 @@ def stream_tokens(model: LlamaGen, *, labels=None, batch_size: int = 1, cfg: flo
         tokens_BL[:, t] = tok_B
         conf_BL[:, t] = probs_BV.gather(1, tok_B[:, None])[:, 0]
         cand_p_BLk[:, t], cand_BLk[:, t] = probs_BV.topk(min(CANDIDATES, probs_BV.shape[-1]))
+        entropy_BL[:, t] = -(probs_BV * probs_BV.clamp_min(1e-30).log()).sum(-1)
         x_RlD = model.tok_embeddings(tok_B.repeat(2 if guided else 1))[:, None]
         if not kv_cache:
             seq_RlD = torch.cat((seq_RlD, x_RlD), dim=1)
@@ -298,8 +302,8 @@ def stream_tokens(model: LlamaGen, *, labels=None, batch_size: int = 1, cfg: flo
             torch.cuda.synchronize(device)
         yield LlamaGenStep(step=t // every, num_steps=num_steps, front=t + 1, tokens=snapshot, mask=snapshot < 0,
                            revealed=revealed_BL, confidence=conf_BL.clone(), candidates=cand_BLk.clone(),
-                           candidate_probs=cand_p_BLk.clone(), image=image, seconds=time.perf_counter() - t0,
-                           labels=label_B, seed=seed)
+                           candidate_probs=cand_p_BLk.clone(), entropy=entropy_BL.clone(), image=image,
+                           seconds=time.perf_counter() - t0, labels=label_B, seed=seed)
         start, t0 = t + 1, time.perf_counter()
 
 
@@ -311,6 +315,10 @@ class LlamaGenPipeline(Pipeline):
     so far with the mean of the (normalised) codebook below the raster front."""
 
     kind = "llamagen"
+    family = "LlamaGen"
+    step_name = "row"
+    legend = ("Raster order, left to right and top to bottom: dark = not generated yet; colour = probability of "
+              "the drawn token (purple 0 → yellow 1); white outline = the tokens of this record.")
 
     def __init__(self, tokenizer: LlamaGenVQ, model: LlamaGen, class_names: list[str] | None = None,
                  defaults: dict | None = None):
@@ -340,6 +348,43 @@ class LlamaGenPipeline(Pipeline):
         if mode == "latent":
             return self.tokenizer.latent_preview(latent)
         return self.tokenizer.preview(latent, n // 2 if mode == "fast" and n >= 4 else None)
+
+    def controls(self) -> list[Control]:
+        d, L, V, G = self.defaults, self.seq_len, self.model.cfg.vocab_size, self.model.cfg.grid
+        return [
+            Control("cfg", "float", d.get("cfg", 1.0), "CFG", "the authors' cfg_scale: u + cfg (c - u), 1 = off",
+                    1.0, 20.0, 0.05),
+            Control("cfg_interval", "int", d.get("cfg_interval", -1), "CFG for the first tokens",
+                    "guide only tokens 1 to this + 1, then the conditional logits alone (-1 = every token)", -1, L, 1),
+            Control("temperature", "float", d.get("temperature", 1.0), "Temperature",
+                    "logits divided by it before top-k/top-p; 0 = greedy", 0.0, 5.0, 0.05),
+            Control("top_k", "int", d.get("top_k", 0), "Top-k", f"keep the k best codes (0 = off, at most {V})",
+                    0, V, 1),
+            Control("top_p", "float", d.get("top_p", 1.0), "Top-p", "keep the smallest set of codes with this "
+                    "much probability (1 = off)", 0.01, 1.0, 0.01),
+            Control("preview_every", "int", d.get("preview_every", G), "Tokens per record",
+                    f"one record (and preview) every k tokens; {G} = one row", 1, L, 1),
+            Control("preview", "choice", d.get("preview", "full"), "Preview", PREVIEW_HELP,
+                    choices=("full", "fast", "latent")),
+        ]
+
+    def status(self, step: LlamaGenStep) -> str:
+        first, G = int(step.revealed[0].nonzero()[0]), self.model.cfg.grid
+        return (f"tokens {first + 1}–{step.front}/{self.seq_len} · row {(step.front - 1) // G + 1}/{G} · "
+                f"{step.seconds * 1e3:.0f} ms")
+
+    def token_view(self, step: LlamaGenStep, target: int = 256):
+        return draw.mar_token_view(step.mask, step.confidence, step.revealed, target)
+
+    def token_stats(self, step: LlamaGenStep) -> TokenStats:
+        """At every generated position, the distribution its token was drawn from (after CFG, temperature and
+        top-k/top-p); heat = the probability of the drawn token; positions not generated yet are empty."""
+        G, done = self.model.cfg.grid, ~step.mask
+        return TokenStats((G, G), step.candidates.cpu(), step.candidate_probs.cpu(), step.tokens.cpu(),
+                          torch.where(done, step.confidence, torch.nan).cpu(),
+                          torch.where(done, step.entropy, torch.nan).cpu(),
+                          torch.where(done, step.confidence, torch.nan).cpu(), "probability of the drawn token",
+                          "the distribution each token was drawn from: after CFG, temperature and top-k/top-p")
 
     def _sample(self, preview: bool | str = True, cfg_scale: float | None = None,
                 **kwargs) -> Iterator[LlamaGenStep]:

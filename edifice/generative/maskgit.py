@@ -38,12 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..pipeline import Pipeline, check_preview, new_seed, resolve_labels
+from .. import render as draw
+from ..pipeline import PREVIEW_HELP, Control, Pipeline, TokenStats, check_preview, new_seed, resolve_labels
 from ..tokenizers.llamagen_vq import LlamaGenVQ
 from .blocks import modulate
 
 SAMPLERS = ("confidence", "halton")
 SCHED_MODES = ("arccos", "cosine", "linear", "square", "root")
+CANDIDATES = 8  # top candidates kept per position for inspection
 
 
 @dataclass
@@ -260,8 +262,12 @@ class MaskGITStep:
     mask: torch.Tensor  # [B, L] bool, True = hidden after this step (confidence: id K; halton: not yet visited)
     revealed: torch.Tensor  # [B, L] bool, hidden before this step and set by it
     predicted: torch.Tensor  # [B, L] this step's sample at every position (may be K)
-    confidence: torch.Tensor  # [B, L] float32 probability of ``predicted`` under this step's softmax
+    confidence: torch.Tensor  # [B, L] probability of each position's token: this step's where drawn now (confidence
+    #                           sampler: everywhere), the reveal step's for Halton's frozen tokens
     score: torch.Tensor | None  # [B, L] float64 ranking score of the confidence sampler (+inf = revealed)
+    candidates: torch.Tensor  # [B, L, 8] this step's most probable ids at every position (K = the mask token)
+    candidate_probs: torch.Tensor  # [B, L, 8] their probabilities (after CFG and temperatures, before top-k/top-p)
+    entropy: torch.Tensor  # [B, L] entropy (nats) of this step's distribution at every position
     image: torch.Tensor | None  # [B, 3, H, W] in [0, 1]; None with previews off or between previews
     seconds: float  # wall time of this step (forward, sampling and preview)
     labels: torch.Tensor  # [B] class ids used (nclass = unconditional)
@@ -318,8 +324,9 @@ def check_sampling(seq_len: int, sampler: str, num_steps: int, cfg: float, tempe
     if sampler == "confidence":
         if sched_mode not in SCHED_MODES:
             raise ValueError(f"unknown sched_mode {sched_mode!r}: use one of {SCHED_MODES}")
-        if randomize not in ("linear", "none", None, False):
-            raise ValueError(f"randomize must be 'linear' or 'none' for the confidence sampler, got {randomize!r}")
+        if randomize not in ("linear", "none", True, False):
+            raise ValueError(f"randomize must be 'linear' (True) or 'none' (False) for the confidence sampler, "
+                             f"got {randomize!r}")
 
 
 @torch.inference_mode()
@@ -336,7 +343,7 @@ def stream_tokens(model: MaskGIT, *, sampler: str = "halton", labels=None, batch
     - ``temperature``: divides the logits after the authors' multipliers (1 = theirs exactly).
     - ``top_k`` (Halton's own, also applied to the confidence sampler) and ``top_p`` (edifice's; 1 or 0 = off).
     - Confidence settings: ``sm_temp`` (multiplies), ``r_temp`` (Gumbel scale, annealed to 0), ``sched_mode``,
-      ``randomize`` ("linear" = the annealed Gumbel noise, the default; "none" = pure confidence).
+      ``randomize`` ("linear" or True = the annealed Gumbel noise, the default; "none" or False = pure confidence).
     - Halton settings: ``sm_temp_min``/``sm_temp_max``/``temp_pow``/``temp_warmup`` (multipliers), ``randomize``
       (True = roll the order by a random offset per sample; default False).
     - ``seed``: a ``torch.Generator`` seeded with it makes the torch draws and ``numpy.random.RandomState(seed)``
@@ -348,8 +355,10 @@ def stream_tokens(model: MaskGIT, *, sampler: str = "halton", labels=None, batch
     cfg_ = model.cfg
     L, K = cfg_.seq_len, cfg_.codebook_size
     if randomize is None:
-        randomize = "linear" if sampler == "confidence" else False
+        randomize = sampler == "confidence"
     check_sampling(L, sampler, num_steps, cfg, temperature, top_k, sched_mode, randomize)
+    if sampler == "confidence":
+        randomize = randomize in ("linear", True)
     if preview_every < 1:
         raise ValueError(f"preview_every must be >= 1, got {preview_every}")
     device = model.tok_emb.weight.device
@@ -359,6 +368,7 @@ def stream_tokens(model: MaskGIT, *, sampler: str = "halton", labels=None, batch
     rng = torch.Generator(device).manual_seed(seed)
     code_BL = torch.full((B, L), K, dtype=torch.long, device=device)
     hidden_BL = torch.ones(B, L, dtype=torch.bool, device=device)
+    shown_conf_BL = torch.zeros(B, L, device=device)
     if sampler == "confidence":
         counts, nprng = confidence_schedule(S, L, sched_mode), np.random.RandomState(seed)
     else:
@@ -380,10 +390,12 @@ def stream_tokens(model: MaskGIT, *, sampler: str = "halton", labels=None, batch
         prob_BLV = logits_BLV.softmax(-1)
         pred_BL = _draw(prob_BLV, top_k, top_p, rng)
         conf_BL = prob_BLV.gather(-1, pred_BL[..., None])[..., 0]
+        cand_p_BLk, cand_BLk = prob_BLV.topk(min(CANDIDATES, K + 1), dim=-1)
+        entropy_BL = -(prob_BLV * prob_BLV.clamp_min(1e-30).log()).sum(-1)
         score_BL = None
         if sampler == "confidence":
             score_BL = conf_BL.log().double()
-            if randomize == "linear":
+            if randomize:
                 noise = (r_temp * nprng.gumbel(size=(B, L))) * (1 - s / (S - 1))
                 score_BL = score_BL + torch.from_numpy(noise).to(device)
             score_BL = score_BL.masked_fill(~hidden_BL, math.inf)
@@ -397,6 +409,8 @@ def stream_tokens(model: MaskGIT, *, sampler: str = "halton", labels=None, batch
             prev = counts[s]
             code_BL = torch.where(take_BL, pred_BL, code_BL)
             new_hidden_BL = hidden_BL & ~take_BL
+        drawn_now_BL = hidden_BL if sampler == "halton" else torch.ones_like(hidden_BL)
+        shown_conf_BL = torch.where(drawn_now_BL, conf_BL, shown_conf_BL)
         revealed_BL = hidden_BL & ~new_hidden_BL
         hidden_BL = new_hidden_BL
         last = s == S - 1
@@ -405,7 +419,8 @@ def stream_tokens(model: MaskGIT, *, sampler: str = "halton", labels=None, batch
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         yield MaskGITStep(step=s, num_steps=S, sampler=sampler, tokens=code_BL, mask=hidden_BL, revealed=revealed_BL,
-                          predicted=pred_BL, confidence=conf_BL, score=score_BL, image=image,
+                          predicted=pred_BL, confidence=shown_conf_BL, score=score_BL, candidates=cand_BLk,
+                          candidate_probs=cand_p_BLk, entropy=entropy_BL, image=image,
                           seconds=time.perf_counter() - t0, labels=label_B, seed=seed)
 
 
@@ -418,6 +433,9 @@ class MaskGITPipeline(Pipeline):
     left-over mask id to K - 1, as the authors do."""
 
     kind = "maskgit"
+    family = "Halton-MaskGIT"
+    legend = ("Dark = still masked; colour = probability of each position's token (purple 0 → yellow 1); white "
+              "outline = revealed in this step. The confidence sampler re-draws every revealed token each step.")
 
     def __init__(self, tokenizer: LlamaGenVQ, model: MaskGIT, class_names: list[str] | None = None,
                  defaults: dict | None = None):
@@ -451,6 +469,64 @@ class MaskGITPipeline(Pipeline):
         if mode == "latent" and not final:
             return self.tokenizer.latent_preview(latent)
         return self.tokenizer.preview(latent, n // 2 if mode == "fast" and not final and n >= 4 else None)
+
+    def controls(self) -> list[Control]:
+        d, L, K = self.defaults, self.seq_len, self.model.cfg.codebook_size
+        halton, conf = "(Halton sampler)", "(confidence sampler)"
+        return [
+            Control("sampler", "choice", d.get("sampler", "halton"), "Sampler", "halton: a fixed low-discrepancy "
+                    "order, revealed tokens frozen; confidence: MaskGIT's, most confident first", choices=SAMPLERS),
+            Control("num_steps", "int", min(d.get("num_steps", 32), L), "Steps", f"unmasking steps (2 to {L})", 2, L,
+                    1),
+            Control("cfg", "float", d.get("cfg", 0.0), "CFG (w)", "the authors' w: (1 + w) c - w u, 0 = off; the "
+                    "confidence sampler ramps it from 0", 0.0, 20.0, 0.1),
+            Control("temperature", "float", d.get("temperature", 1.0), "Temperature", "divides the logits after "
+                    "the authors' softmax multipliers (1 = the authors' sampler)", 0.05, 5.0, 0.05),
+            Control("top_k", "int", d.get("top_k", 0), "Top-k", f"draw among the k most probable ids (0 = off, at "
+                    f"most {K + 1})", 0, K + 1, 1),
+            Control("randomize", "bool", d.get("randomize", d.get("sampler", "halton") == "confidence"),
+                    "Randomize", f"{halton} roll the order per image; {conf} annealed Gumbel noise on the ranking"),
+            Control("sm_temp_min", "float", d.get("sm_temp_min", 1.0), "Softmax multiplier, first step",
+                    f"{halton} logits are multiplied by it (>1 sharpens)", 0.05, 5.0, 0.05),
+            Control("sm_temp_max", "float", d.get("sm_temp_max", 1.0), "Softmax multiplier, last step",
+                    f"{halton} linear from the first step's", 0.05, 5.0, 0.05),
+            Control("temp_pow", "float", d.get("temp_pow", 1.0), "Multiplier power", f"{halton} the multipliers "
+                    "are raised to it", 0.1, 5.0, 0.1),
+            Control("temp_warmup", "int", d.get("temp_warmup", 0), "Warm-up steps", f"{halton} the multiplier is "
+                    "halved (flatter) for this many first steps", 0, L, 1),
+            Control("sm_temp", "float", d.get("sm_temp", 1.0), "Softmax multiplier", f"{conf} logits are "
+                    "multiplied by it (>1 sharpens)", 0.05, 5.0, 0.05),
+            Control("r_temp", "float", d.get("r_temp", 4.5), "Ranking noise", f"{conf} scale of the Gumbel noise, "
+                    "annealed to 0", 0.0, 20.0, 0.5),
+            Control("sched_mode", "choice", d.get("sched_mode", "arccos"), "Schedule", f"{conf} how many tokens "
+                    "are revealed after each step", choices=SCHED_MODES),
+            Control("preview_every", "int", d.get("preview_every", 1), "Preview every k steps", "the last step is "
+                    "always decoded", 1, L, 1),
+            Control("preview", "choice", d.get("preview", "full"), "Preview", PREVIEW_HELP,
+                    choices=("full", "fast", "latent")),
+        ]
+
+    def status(self, step: MaskGITStep) -> str:
+        shown = int((~step.mask[0]).sum())
+        return (f"step {step.step + 1}/{step.num_steps} · {shown}/{step.mask.shape[1]} revealed · {step.sampler} · "
+                f"{step.seconds * 1e3:.0f} ms")
+
+    def token_view(self, step: MaskGITStep, target: int = 256):
+        return draw.mar_token_view(step.mask, step.confidence, step.revealed, target)
+
+    def token_stats(self, step: MaskGITStep) -> TokenStats:
+        """This step's distribution at every position (after CFG, the softmax multipliers and temperature, before
+        top-k/top-p). Drawn: this step's sample where it was drawn into the map (Halton: the positions hidden
+        before the step; confidence: everywhere). Heat: entropy / log(K + 1) there."""
+        K, n = self.model.cfg.codebook_size, self.model.cfg.input_size
+        active = (step.mask | step.revealed) if step.sampler == "halton" else torch.ones_like(step.mask)
+        drawn_prob = torch.where(active, step.confidence, torch.nan)
+        heat = torch.where(active, step.entropy / math.log(K + 1), torch.nan).clamp(0, 1)
+        return TokenStats((n, n), step.candidates.cpu(), step.candidate_probs.cpu(),
+                          torch.where(active, step.predicted, -1).cpu(), drawn_prob.cpu(), step.entropy.cpu(),
+                          heat.cpu(), "entropy / log V", "this step's distribution: after CFG, the softmax multipliers "
+                          "and temperature, before top-k/top-p",
+                          lambda i: "mask token" if i == K else f"code {i}")
 
     def _sample(self, preview: bool | str = True, w: float | None = None, step: int | None = None,
                 **kwargs) -> Iterator[MaskGITStep]:
