@@ -123,9 +123,11 @@ def save_pretrained(pipeline: Pipeline, folder: str | Path, *, repo_id: str | No
                     base_model: str | None = None) -> Path:
     """Write ``pipeline`` as an edifice checkpoint folder (config.json, model.safetensors, README.md).
 
-    Everything is written to a temporary folder beside ``folder`` first. A new ``folder`` then appears in
-    one rename; in an existing one each file is replaced by a rename (other files there are kept), so a
-    crash leaves either the old or the new file, never a partial one.
+    Everything is written to a temporary folder beside ``folder`` first. A new ``folder`` then appears in one
+    rename. An existing one is swapped whole: its other files are copied into the new one, the old folder is
+    renamed away, the new one renamed in, and only then is the old one deleted. On any failure before the
+    swap the old folder is untouched, and a failure between the two renames puts it back, so ``folder``
+    always holds either the old checkpoint or the new one, never a mix of their files.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -135,19 +137,36 @@ def save_pretrained(pipeline: Pipeline, folder: str | Path, *, repo_id: str | No
                for prefix, module in (("tokenizer", pipeline.tokenizer), ("model", pipeline.model))
                for name, t in module.state_dict().items()}
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
     try:
         save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
         (tmp / CARD_NAME).write_text(model_card(pipeline, repo_id=repo_id, license=license, base_model=base_model))
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         if folder.is_dir():
-            for name in FILES:  # each file appears whole; other files in the folder are kept
-                os.replace(tmp / name, folder / name)
+            _swap(folder, tmp)
         else:
             tmp.rename(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _swap(folder: Path, new: Path) -> None:
+    """Replace the folder ``folder`` by ``new`` (a sibling), keeping ``folder``'s files that ``new`` lacks."""
+    for entry in folder.iterdir():
+        if not (new / entry.name).exists():
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, new / entry.name)
+    trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+    try:
+        os.rename(folder, trash / folder.name)
+        try:
+            os.rename(new, folder)
+        except BaseException:
+            os.rename(trash / folder.name, folder)
+            raise
+    finally:
+        if folder.is_dir():  # else the old checkpoint is still in trash: keep it
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def push_to_hub(pipeline: Pipeline, repo_id: str, *, private: bool | None = None, token: str | None = None,

@@ -2,7 +2,14 @@
 
 A spec is, in this order of precedence: a local folder holding an edifice checkpoint; a preset name (see
 :mod:`edifice.presets`; official presets convert the authors' files while loading); a Hub repository id
-``org/name`` holding an edifice checkpoint. Downloads go through :func:`edifice.hub.fetch`.
+``org/name`` holding an edifice checkpoint; ``org/name@rev`` (or a preset ``name@rev``) names a revision too.
+Downloads go through :func:`edifice.hub.fetch`.
+
+In a server open to anyone, ``load(spec, allow_local=False, max_download_bytes=N)``: a spec is then only a
+preset or a Hub repo id, never read as a path (``checkpoints/emoji-var`` is looked up on the Hub), error
+messages name no server path (the Hub cache, ``HF_HOME``, the project and home folders), and a Hub repo whose
+files are larger than N bytes is refused before any download (sizes from the Hub's file metadata; presets
+are exempt). Specs and revisions echoed in messages are cut to ``SHOWN`` characters.
 
 Placement (:func:`place`): ``device="auto"`` is CUDA, else MPS, else CPU. ``dtype="auto"`` is float32 on
 the CPU and bfloat16 on a GPU (float16 where bfloat16 is unsupported). The dtype applies to the generator
@@ -24,8 +31,12 @@ from collections.abc import Callable
 from itertools import chain
 from pathlib import Path
 
+import httpx2
 import torch
 from accelerate import dispatch_model
+from huggingface_hub import HfApi, constants, try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
+from huggingface_hub.utils import validate_repo_id
 from torch import nn
 
 from . import checkpoint, hub, presets
@@ -51,60 +62,139 @@ OFFICIAL_LOADERS: dict[str, Callable[[dict[str, Path], dict], Pipeline]] = {
                                                                           device="cpu"),
 }
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+REVISION = re.compile(r"[\w.-]+(/[\w.-]+)*")  # a branch, tag or commit; refs/pr/1
+SHOWN = 80  # characters of a spec that messages echo
+MAX_DOWNLOAD_ENV = "EDIFICE_MAX_DOWNLOAD_GB"  # the setting a server reads max_download_bytes from (messages name it)
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 GPU_HEADROOM = 0.85  # share of free GPU memory the weights may use; the rest is for activations and KV cache
 
 
 def load(spec: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-         revision: str | None = None, *, kind: str | None = None) -> Pipeline:
+         revision: str | None = None, *, kind: str | None = None, allow_local: bool = True,
+         max_download_bytes: int | None = None) -> Pipeline:
     """A ready pipeline (VAR or MAR) from a local folder, a preset name or a Hub repo id ``org/name``.
 
     ``revision`` (branch, tag or commit) applies to Hub repositories and Hub-hosted presets. ``kind``
     ("var", "mar", "mar-diffusion") makes a checkpoint of another kind an error. Presets and pinned commits
     already in the Hub cache load without contacting the Hub; a repo at a branch is checked for updates and
-    falls back to the cache when the Hub cannot be reached.
+    falls back to the cache when the Hub cannot be reached. ``allow_local=False`` and ``max_download_bytes``
+    are for servers (see the module docstring).
     """
-    spec = str(spec)
-    target = _resolve(spec)
-    if isinstance(target, Preset) and kind is not None and target.kind != kind:
-        raise CheckpointError(f"preset {spec!r} is a {target.kind.upper()} model, not {kind.upper()}; "
-                              f"pick a {kind} preset")
-    folder = _fetch(target, spec, revision, prefer_cache=True)
-    pipe = _read_preset(target, folder) if isinstance(target, Preset) else checkpoint.load_pretrained(folder, kind)
+    spec, folder = str(spec), None
+    try:
+        target, revision = _resolve(spec, revision, allow_local)
+        shown = _shown(spec)
+        if isinstance(target, Preset) and kind is not None and target.kind != kind:
+            raise CheckpointError(f"preset {shown!r} is a {target.kind.upper()} model, not {kind.upper()}; "
+                                  f"pick a {kind} preset")
+        limit = None if isinstance(target, Preset) else max_download_bytes
+        folder = _fetch(target, shown, revision, prefer_cache=True, max_bytes=limit)
+        pipe = _read_preset(target, folder) if isinstance(target, Preset) else checkpoint.load_pretrained(folder, kind)
+    except EdificeError as e:
+        if allow_local:
+            raise
+        raise type(e)(_without_paths(str(e), folder, _shown(spec))) from None
     return place(pipe, device, dtype)
 
 
 def download(spec: str, revision: str | None = None, *, force: bool = False) -> Path:
     """Fetch a preset's or Hub repo's files into the Hub cache (checking a branch for updates; ``force``
     downloads again) without loading them; returns the folder holding them."""
-    return _fetch(_resolve(spec), spec, revision, prefer_cache=False, force=force)
+    target, revision = _resolve(spec, revision, allow_local=True)
+    return _fetch(target, _shown(spec), revision, prefer_cache=False, force=force)
 
 
-def _resolve(spec: str) -> Path | Preset | str:
-    """What a spec names: a local folder (Path), a preset, or a Hub repo id (str)."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
+def _resolve(spec: str, revision: str | None, allow_local: bool) -> tuple[Path | Preset | str, str | None]:
+    """What a spec names (a local folder as a Path, only with ``allow_local``; a preset; a Hub repo id as a str)
+    and the revision (``revision``, or the ``@rev`` of the spec)."""
     table = presets.presets()
-    if spec in table:
-        return table[spec]
-    if path.exists():
+    if not spec.strip():
+        raise UnknownPresetError(f"no model named; pass a preset ({', '.join(table)}) or a Hub repo id org/name")
+    local = _local(Path(spec).expanduser()) if allow_local else None
+    if local == "folder":
+        return Path(spec).expanduser(), revision
+    name, at, rev = spec.partition("@")
+    if at:
+        if revision is not None and revision != rev:
+            raise EdificeError(f"{_shown(spec)} names revision {_shown(rev)!r} but revision={_shown(revision)!r} was "
+                               "passed; give one of them")
+        revision = rev
+    if revision is not None and (not REVISION.fullmatch(revision) or ".." in revision or len(revision) > 128):
+        raise UnknownPresetError(f"{_shown(revision)!r} is not a revision; pass a branch, tag or commit hash")
+    if name in table:
+        return table[name], revision
+    if local == "file":
         raise CheckpointError(f"{spec}: is a file; pass the checkpoint folder (config.json + model.safetensors), "
                               "or convert official .pth files with `python -m edifice convert`")
-    if REPO_ID.fullmatch(spec):
-        return spec
-    raise UnknownPresetError(f"{spec!r} is not a preset, a local folder or a Hub repo id (org/name); "
-                             f"presets: {', '.join(table)}")
+    if _is_repo_id(name):
+        return name, revision
+    what = "a preset, a local folder or a Hub repo id" if allow_local else "a preset or a Hub repo id"
+    raise UnknownPresetError(f"{_shown(spec)!r} is not {what} (org/name); presets: {', '.join(table)}")
+
+
+def _local(path: Path) -> str | None:
+    """"folder", "file" or None (nothing there, or a name the file system refuses, e.g. too long)."""
+    try:
+        return "folder" if path.is_dir() else "file" if path.exists() else None
+    except OSError:
+        return None
+
+
+def _is_repo_id(name: str) -> bool:
+    """``org/name`` as the Hub accepts it (no '..' or '--', at most 96 characters)."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return bool(REPO_ID.fullmatch(name))
+
+
+def _shown(text: str) -> str:
+    """``text`` cut to ``SHOWN`` characters, for messages that echo what a user typed."""
+    return text if len(text) <= SHOWN else f"{text[:SHOWN]}... ({len(text)} characters)"
+
+
+def _without_paths(message: str, folder: Path | None, spec: str) -> str:
+    """``message`` naming no server path: the checkpoint folder becomes the spec; the Hub cache, HF_HOME, the
+    project folder and the home folder become their names."""
+    for path, name in ((folder, spec), (constants.HF_HUB_CACHE, "<Hub cache>"), (constants.HF_HOME, "<HF_HOME>"),
+                       (presets.PROJECT_ROOT, "<edifice>"), (Path.home(), "~")):
+        if path is not None:
+            message = message.replace(str(path), name)
+    return message
+
+
+def _check_download_size(repo_id: str, files, revision: str | None, max_bytes: int, asked: str) -> None:
+    """Refuse before downloading when ``files`` of ``repo_id`` at ``revision`` that are not cached yet add up to
+    more than ``max_bytes`` (sizes from the Hub's file metadata)."""
+    try:
+        info = HfApi().model_info(repo_id, revision=revision or constants.DEFAULT_REVISION, files_metadata=True)
+    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.ConnectError, httpx2.TimeoutException):
+        return  # hub.fetch explains a missing repo or revision, or falls back to the cache when offline
+    sizes = {s.rfilename: s.size for s in info.siblings or []}
+    todo = [f for f in files if f in sizes and not isinstance(try_to_load_from_cache(repo_id, f, revision=info.sha),
+                                                              str)]
+    total = sum(sizes[f] or 0 for f in todo)
+    if total > max_bytes or any(sizes[f] is None for f in todo):
+        size = "of unknown size" if any(sizes[f] is None for f in todo) else _size(total)
+        raise EdificeError(f"{asked}: its files are {size}, more than this server downloads ({_size(max_bytes)}; "
+                           f"{MAX_DOWNLOAD_ENV} sets it); pick a preset or a smaller model")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
 
 
 def _fetch(target: Path | Preset | str, spec: str, revision: str | None, *, prefer_cache: bool,
-           force: bool = False) -> Path:
+           force: bool = False, max_bytes: int | None = None) -> Path:
     if isinstance(target, Path):
         if revision is not None:
             raise EdificeError(f"{spec} is a local folder; revision applies only to Hub repositories and presets")
         return target
     if isinstance(target, str):
+        if max_bytes is not None:
+            _check_download_size(target, checkpoint.REQUIRED, revision, max_bytes, spec)
         return hub.fetch(target, checkpoint.REQUIRED, revision, asked=spec, force=force)
     p = target
     if p.source == "folder":

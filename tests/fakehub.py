@@ -7,10 +7,12 @@ Routes, with the headers huggingface_hub 2.x checks (``shared/notes/ecosystem.md
   ``Content-Length``; a missing repo, revision or file is a 404 with ``X-Error-Code`` ``RepoNotFound``,
   ``RevisionNotFound`` or ``EntryNotFound`` (the last with ``X-Repo-Commit``, so the client caches the absence).
 - ``GET /api/models/{org}/{name}/revision/{revision}``: ``{"id", "sha", "siblings"}`` (``snapshot_download``
-  resolves a branch with it).
+  resolves a branch with it); with ``?blobs=true`` (``model_info(files_metadata=True)``) each sibling has its
+  ``size``.
 - ``GET /api/models/{org}/{name}/tree/{commit}``: the file list ``[{"type", "path", "size", "oid"}]``.
 
 Every request is recorded in ``requests`` as ``(method, path)``, so a test can assert that a load made none.
+A file name in ``held`` (name -> ``threading.Event``) is served only once its event is set: a slow download.
 Responses are HTTP/1.0 (one request per connection), so :meth:`FakeHub.stop` really makes the Hub unreachable.
 """
 
@@ -28,6 +30,7 @@ class FakeHub:
         self.port = port
         self.repos: dict[str, dict] = {}  # repo id -> {"refs": {branch: commit}, "commits": {commit: {path: bytes}}}
         self.requests: list[tuple[str, str]] = []
+        self.held: dict[str, threading.Event] = {}
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -80,13 +83,13 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self._answer(body=True)
 
         def _answer(self, body: bool):
-            path = urlsplit(self.path).path
+            path, query = urlsplit(self.path).path, urlsplit(self.path).query
             hub.requests.append((self.command, path))
             parts = [unquote(p) for p in path.strip("/").split("/")]
             if len(parts) >= 5 and parts[2] == "resolve":
                 self._resolve("/".join(parts[:2]), parts[3], "/".join(parts[4:]), body)
             elif len(parts) >= 6 and parts[:2] == ["api", "models"] and parts[4] in ("revision", "tree"):
-                self._api("/".join(parts[2:4]), parts[4], parts[5], body)
+                self._api("/".join(parts[2:4]), parts[4], parts[5], body, sizes="blobs=" in query)
             else:
                 self._send(404, b"", {"X-Error-Code": "RepoNotFound"}, body)
 
@@ -98,16 +101,20 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if filename not in files:
                 return self._send(404, b"", {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit}, body)
             data = files[filename]
+            if body and filename in hub.held:
+                hub.held[filename].wait()
             self._send(200, data, {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
                                    "Content-Type": "application/octet-stream"}, body)
 
-        def _api(self, repo_id: str, route: str, revision: str, body: bool):
+        def _api(self, repo_id: str, route: str, revision: str, body: bool, sizes: bool = False):
             commit, error = hub._commit(repo_id, revision)
             if error:
                 return self._send(404, b"", {"X-Error-Code": error}, body)
             files = hub.repos[repo_id]["commits"][commit]
             if route == "revision":
-                answer = {"id": repo_id, "sha": commit, "siblings": [{"rfilename": f} for f in sorted(files)]}
+                answer = {"id": repo_id, "sha": commit,
+                          "siblings": [{"rfilename": f, **({"size": len(files[f])} if sizes else {})}
+                                       for f in sorted(files)]}
             else:
                 answer = [{"type": "file", "path": f, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
                           for f, data in sorted(files.items())]
