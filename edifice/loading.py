@@ -43,7 +43,6 @@ from . import checkpoint, hub, presets
 from .errors import CheckpointError, CheckpointNotFoundError, EdificeError, UnknownPresetError
 from .official import load_official_mar, load_official_var
 from .official_fractalgen import load_official_fractalgen, preset_folder
-from .official_fractalgen import load_official_fractalgen, preset_folder
 from .official_llamagen import load_preset as load_llamagen_preset
 from .official_maskgit import fetch_preset as fetch_maskgit_preset
 from .official_maskgit import load_preset as load_maskgit_preset
@@ -54,12 +53,10 @@ from .presets import Preset
 OFFICIAL_LOADERS: dict[str, Callable[[dict[str, Path], dict], Pipeline]] = {
     "official-var": lambda files, config: load_official_var(files["vae"], files["var"], device="cpu"),
     "official-mar": lambda files, config: load_official_mar(files["vae"], files["mar"], device="cpu", **config),
-    "official-fractalgen": lambda files, config: load_official_fractalgen(
-        files["model"], config.get("name", config.get("constructor")), device="cpu"),
     "official-maskgit": load_maskgit_preset,  # its VQ comes from LlamaGen's repo (config["vq_repo"])
     "official-llamagen": load_llamagen_preset,
-    "official-fractalgen": lambda files, config: load_official_fractalgen(files["model"], config.get("name"),
-                                                                          device="cpu"),
+    "official-fractalgen": lambda files, config: load_official_fractalgen(
+        files["model"], config.get("name", config.get("constructor")), device="cpu"),
 }
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 REVISION = re.compile(r"[\w.-]+(/[\w.-]+)*")  # a branch, tag or commit; refs/pr/1
@@ -206,8 +203,6 @@ def _fetch(target: Path | Preset | str, spec: str, revision: str | None, *, pref
         return preset_folder(p, spec)
     if p.source == "official-maskgit":  # two Hub repos: the tokenizer is LlamaGen's
         return fetch_maskgit_preset(p, spec, revision, prefer_cache=prefer_cache, force=force)
-    if p.source == "official-fractalgen":  # the authors host these outside the Hub: read from ``path``
-        return preset_folder(p, spec)
     if p.source == "hub":
         files = checkpoint.REQUIRED
     elif p.source in OFFICIAL_LOADERS:
