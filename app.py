@@ -1,23 +1,40 @@
-"""edifice: watch MAR and VAR image generators think. The Gradio app (thin: the logic lives in `edifice/`).
+"""edifice: watch image generators think. The Gradio app: a decode player over any family's streamed steps.
 
     python app.py                      # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)
     python app.py --allow-local        # also accept local checkpoint folders in the model box
 
+The app names no model family. A pipeline says which sampling settings it takes (``pipe.controls()``), what
+one step is called, its status line, its token view and what it believed at every token position
+(``edifice.pipeline``); the page maps the controls onto a fixed set of widget slots (numbers, choices,
+switches, lists), so a new family needs no change here.
+
+The player: every run's steps are kept on the server for that browser session (bounded: MAX_FRAMES frames
+per run, RUNS_PER_SESSION runs per session, MAX_SESSIONS sessions, and EDIFICE_TIMELINE_MB of frames in all;
+the oldest sessions go first). A timeline scrubs through them during and after the run, Play replays it, the
+watch speed paces the display only (the run itself goes as fast as it computes and its timings stay true),
+clicking a token shows the model's candidates there, and Compare runs two settings side by side.
+
 Environment: EDIFICE_DEFAULT_MODEL (preset or Hub repo id shown first), EDIFICE_ALLOW_LOCAL=1 (same as
---allow-local), EDIFICE_MAX_QUEUE (queue bound, default 16).
+--allow-local), EDIFICE_MAX_QUEUE (queue bound, default 16), EDIFICE_MAX_SECONDS (the longest generation a
+request may ask for, by the family's own estimate on this device; default 600 on a CPU, 120 on a GPU),
+EDIFICE_TIMELINE_MB (memory for stored timelines, default 512).
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
+import atexit
+import io
 import math
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
+import uuid
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 try:  # on a ZeroGPU Space `spaces` must be imported before anything initialises CUDA
@@ -26,33 +43,52 @@ except ImportError:
     spaces = None
 
 import gradio as gr
+import numpy as np
 import torch
+from PIL import Image
 
 import edifice
 import edifice.presets
 from edifice import render
+from edifice.checkpoint import FAMILIES
 from edifice.errors import EdificeError
 
 MAX_IMAGES = 4
 MAX_LOADED = 2  # pipelines kept in memory
-# MAR with diffusion head: the authors' best-FID recipe, 256 steps x 100 diffusion steps, takes about 12 minutes
-# for MAR-B on 2 CPU cores, and on an H100 at batch 1 11-22 s with CUDA graphs or a minute eagerly, as on ZeroGPU
-# (launch-bound: 25,600 small diffusion-head calls; benchmarks/README.md). So the controls start lower: about a
-# minute on a CPU, and on a GPU the authors' own demo's 64 steps (3.5 s; 16 s eagerly). The user can raise
-# them; the page states the expected wait.
-START_STEPS = {"cpu": (32, 25), "gpu": (64, 100)}  # (steps, diffusion steps)
-# ZeroGPU (eager): seconds of one AR step x one diffusion step at batch 1 (MAR-H on an H100: 2.85 ms; MAR-B 2.4)
-MAR_CALL_SECONDS = 0.003
-KIND_NAMES = {"var": "VAR", "mar": "MAR (discrete)", "mar-diffusion": "MAR (diffusion head)"}
-# On a GPU, VAR replays each scale and MAR each diffusion loop as a CUDA graph (4-5x faster at batch 1), captured
-# on first use and kept. ZeroGPU runs every generation in a fresh forked worker, where the captures would be paid
-# each time and graphs have not been tried, so there both sample eagerly.
-CUDA_GRAPHS = False if os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true") else None
-PREVIEWS = 16  # MAR with diffusion head: default preview interval = steps / PREVIEWS (decoding is the costly part)
+MAX_FRAMES = 1024  # steps stored per run; later steps still stream but are not kept for the timeline
+RUNS_PER_SESSION = 3  # the latest run and a comparison's two
+MAX_SESSIONS = 32
+TIMELINE_BYTES = int(float(os.environ.get("EDIFICE_TIMELINE_MB", "512")) * 2 ** 20)
+MAX_SPEC_CHARS = 200
+SEED_MAX = 2 ** 63 - 1
+ON_ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
+if ON_ZERO_GPU:  # every generation runs in a fresh forked worker: CUDA graphs would be captured anew each time
+    os.environ.setdefault("EDIFICE_CUDA_GRAPHS", "0")
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 ALLOW_LOCAL = os.environ.get("EDIFICE_ALLOW_LOCAL") == "1"
-CSS = (Path(__file__).parent / "assets" / "app.css").read_text() if (Path(__file__).parent / "assets"
-                                                                      / "app.css").exists() else None
+PACES = {"as fast as it computes": 0.0, "0.1 s per step": 0.1, "0.25 s per step": 0.25, "0.5 s per step": 0.5,
+         "1 s per step": 1.0, "2 s per step": 2.0}
+# widget slots the page maps a family's controls onto, by control kind
+SLOTS = {"number": 10, "choice": 4, "bool": 3, "multi": 2}
+SLOT_OF = {"int": "number", "float": "number", "choice": "choice", "bool": "bool", "multi": "multi"}
+WORKDIR = Path(tempfile.mkdtemp(prefix="edifice-app-"))  # animations, PNGs, thumbnails; removed with their run
+atexit.register(shutil.rmtree, WORKDIR, ignore_errors=True)
+CSS = """
+#live img, #tokens img, #uncertainty img, #live-a img, #live-b img, #tokens-a img, #tokens-b img,
+.filmstrip img { image-rendering: pixelated; }
+#tokens img, #uncertainty img { cursor: crosshair; }
+.legend { font-size: 0.85em; opacity: 0.85; }
+"""
+
+
+def fail(message: str):
+    """A visitor's mistake: a readable message in the page, one line at most in the log, no traceback."""
+    raise gr.Error(short(message, 400), print_exception=False)
+
+
+def short(text, limit: int = 80) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
 
 
 # -- models ---------------------------------------------------------------------------------------------------
@@ -60,13 +96,14 @@ def model_choices() -> list[tuple[str, str]]:
     """(label, spec) for the picker: bundled models that are present first, then Hub downloads with size."""
     bundled, hub = [], []
     for p in edifice.presets.presets().values():
+        family = FAMILIES[p.kind].pipeline.family if p.kind in FAMILIES else p.kind
         if p.source == "folder":
             if (p.folder / "config.json").is_file():
-                bundled.append((f"{p.name} · {KIND_NAMES.get(p.kind, p.kind)} · bundled", p.name))
+                bundled.append((f"{p.name} · {family} · bundled", p.name))
         else:
             size = f" · download {p.download_bytes / 1e9:.1f} GB" if p.download_bytes else " · download"
             px = f" · {p.image_size}px" if p.image_size else ""
-            hub.append((f"{p.name} · {KIND_NAMES.get(p.kind, p.kind)}{px}{size}", p.name))
+            hub.append((f"{p.name} · {family}{px}{size}", p.name))
     return bundled + hub
 
 
@@ -99,32 +136,42 @@ MODELS = ModelCache(MAX_LOADED)
 ACTIVE = {"runs": 0}  # generations in progress (Stop must bring this back down: the generator's cleanup ran)
 
 
-def check_spec(spec: str) -> str:
+def check_spec(spec) -> str:
     """Presets and Hub repo ids only; a local folder needs --allow-local (a public Space must not read disk)."""
-    spec = (spec or "").strip()
+    spec = str(spec if spec is not None else "").strip() or default_model()
+    if len(spec) > MAX_SPEC_CHARS:
+        fail(f"a model name has at most {MAX_SPEC_CHARS} characters; pick one from the list.")
     if spec in edifice.presets.presets() or REPO_ID.match(spec):
         return spec
-    if Path(spec).exists():
-        if ALLOW_LOCAL:
-            return spec
-        raise gr.Error(f"'{spec}' is a local path; local folders are accepted only when the app is started "
-                       "with --allow-local (or EDIFICE_ALLOW_LOCAL=1).")
-    raise gr.Error(f"'{spec}' is neither a preset nor a Hub repo id (org/name); pick one from the list.")
+    if ALLOW_LOCAL and Path(spec).is_dir():
+        return spec
+    fail(f"'{short(spec)}' is neither a preset nor a Hub repo id (org/name); pick one from the list"
+         + ("" if ALLOW_LOCAL else " (local folders are accepted only when the app is started with --allow-local)")
+         + ".")
 
 
-def load(spec: str, progress=None):
+def load(spec, progress=None):
     spec = check_spec(spec)
     if progress is not None:
         progress(0, desc=f"loading {spec}")
     try:
         return MODELS.get(spec)
     except EdificeError as e:
-        raise gr.Error(str(e)) from None
+        fail(str(e))
 
 
 def class_choices(pipe) -> list[str]:
     names = pipe.class_names or [f"class {i}" for i in range(pipe.num_classes)]
     return ["random", "unconditional"] + [f"{i} · {n}" for i, n in enumerate(names)]
+
+
+def showcase_class(pipe) -> str:
+    """The class shown first: the checkpoint's recommended ``labels`` when it names one, else the first."""
+    choices = class_choices(pipe)
+    label = pipe.defaults.get("labels")
+    if isinstance(label, int) and 0 <= label < pipe.num_classes:
+        return choices[label + 2]
+    return choices[2] if len(choices) > 2 else "random"
 
 
 def parse_class(value, pipe) -> int | None:
@@ -135,294 +182,689 @@ def parse_class(value, pipe) -> int | None:
     if value == "unconditional":
         return -1
     head = value.split("·")[0].strip()
-    if head.lstrip("-").isdigit():
+    if head.lstrip("-").isdigit() and len(head) < 10:
         idx = int(head)
     elif pipe.class_names and value in pipe.class_names:
         idx = pipe.class_names.index(value)
     else:
-        raise gr.Error(f"unknown class '{value}': choose one from the list, 'random' or 'unconditional'.")
+        fail(f"unknown class '{short(value)}': choose one from the list, 'random' or 'unconditional'.")
     if not 0 <= idx < pipe.num_classes:
-        raise gr.Error(f"unknown class {idx}: this model has classes 0..{pipe.num_classes - 1}.")
+        fail(f"unknown class {idx}: this model has classes 0..{pipe.num_classes - 1}.")
     return idx
 
 
-# -- controls follow the model --------------------------------------------------------------------------------
-def on_model_change(spec, progress=gr.Progress()):
-    pipe = load(spec, progress)
-    d = pipe.defaults
-    kind = pipe.kind
-    is_var, is_diff = kind == "var", kind == "mar-diffusion"
-    classes = class_choices(pipe)
-    info = (f"**{spec}** · {KIND_NAMES[kind]} · {pipe.image_size}×{pipe.image_size} px · {pipe.num_classes} classes"
-            f" · {pipe.device.type} / {str(pipe.dtype).removeprefix('torch.')}")
-    steps = min(d.get("num_steps", 16), pipe.seq_len) if not is_var else 16
-    diffusion_steps = d.get("num_sampling_steps", 100)
-    where = "cpu" if pipe.device.type == "cpu" else "gpu"
-    start = tuple(min(a, b) for a, b in zip((steps, diffusion_steps), START_STEPS[where], strict=True))
-    if is_diff and start != (steps, diffusion_steps):
-        info += (f"  \nOn this {where.upper()} the steps start at {start[0]} and the diffusion steps at {start[1]} "
-                 f"(the authors use {steps} and {diffusion_steps} for their best FID); raise them if you can wait.")
-        steps, diffusion_steps = start
-    return (
-        info,
-        gr.update(choices=classes, value=classes[2] if len(classes) > 2 else "random"),
-        gr.update(visible=is_var),
-        gr.update(visible=not is_var),
-        gr.update(choices=pipe.scales if is_var else [], value=pipe.scales if is_var else []),
-        gr.update() if is_var else gr.update(maximum=pipe.seq_len, value=steps),
-        gr.update(value=d.get("temperature", 1.0)),
-        gr.update(value=d.get("cfg", 1.5 if is_var else 1.0)),
-        gr.update(value=d.get("top_k", 0)),
-        gr.update(value=d.get("top_p", 0.0)),
-        gr.update(value=d.get("more_smooth", False)),
-        gr.update(value=d.get("schedule", "cosine"), visible=not is_diff),
-        gr.update(value=d.get("randomness", 0.0), visible=not is_diff),
-        gr.update(visible=is_diff),
-        gr.update(value=d.get("cfg_schedule", "linear")),
-        gr.update(value=diffusion_steps),
-        gr.update(value=max(1, steps // PREVIEWS)),
-    )
+def parse_common(seed, randomize_seed, num_images) -> tuple[int, int]:
+    """(seed, number of images) checked before any work."""
+    try:
+        n = float(num_images)
+        assert math.isfinite(n) and n == int(n) and 1 <= n <= MAX_IMAGES
+    except (TypeError, ValueError, AssertionError):
+        fail(f"images must be a whole number from 1 to {MAX_IMAGES}, got {short(repr(num_images), 40)}.")
+    if str(randomize_seed).lower() == "true":
+        return int(torch.randint(0, 2 ** 31 - 1, (1,)).item()), int(n)
+    try:
+        s = float(seed) if not isinstance(seed, int) else seed
+        assert (isinstance(s, int) or (math.isfinite(s) and s == int(s))) and 0 <= int(s) <= SEED_MAX
+    except (TypeError, ValueError, AssertionError, OverflowError):
+        fail(f"the seed must be a whole number from 0 to 2^63 - 1, got {short(repr(seed), 40)}.")
+    return int(s), int(n)
 
 
-def expected_wait(spec, steps, diffusion_steps, cfg, num_images, preview, preview_every) -> str:
-    """MAR with diffusion head: the wall time a generation will take here, said before it starts."""
+# -- controls: a family's settings on the page's slots --------------------------------------------------------
+def assign_slots(controls) -> dict[str, list]:
+    """Each control onto the next free slot of its kind: {"number": [Control | None, ...], ...}."""
+    slots = {kind: [None] * n for kind, n in SLOTS.items()}
+    for c in controls:
+        kind = SLOT_OF[c.kind]
+        free = slots[kind].index(None) if None in slots[kind] else None
+        if free is None:
+            raise RuntimeError(f"more {kind} controls than the page has slots ({SLOTS[kind]}): add slots")
+        slots[kind][free] = c
+    return slots
+
+
+def slot_controls(pipe) -> list:
+    """The page's slots in order, each holding a Control or None."""
+    slots = assign_slots(pipe.controls())
+    return [c for kind in SLOTS for c in slots[kind]]
+
+
+def slot_update(c) -> dict:
+    if c is None:
+        return gr.update(visible=False)
+    common = dict(visible=True, label=c.label, info=c.help, value=c.default)
+    if c.kind in ("choice", "multi"):
+        return gr.update(choices=list(c.choices), **common)
+    if c.kind in ("int", "float"):
+        return gr.update(step=c.step or (1 if c.kind == "int" else 0.1), **common)
+    return gr.update(**common)
+
+
+def settings_from_slots(pipe, values) -> dict:
+    return {c.name: v for c, v in zip(slot_controls(pipe), values, strict=True) if c is not None}
+
+
+def check_settings(pipe, settings) -> dict:
+    """A family's settings from the page or the API, each converted and range-checked by its Control; a missing
+    or None value is the checkpoint's recommended one; an unknown name is refused with the names it takes."""
+    controls = {c.name: c for c in pipe.controls()}
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        fail("settings must be a JSON object of setting names and values, e.g. {\"cfg\": 2.0}.")
+    unknown = [k for k in settings if k not in controls]
+    if unknown:
+        fail(f"{pipe.family} has no setting '{short(unknown[0], 40)}'; it takes: {', '.join(controls)}.")
+    out = {}
+    for name, c in controls.items():
+        value = settings.get(name)
+        try:
+            out[name] = c.default if value is None else c.check(value)
+        except ValueError as e:
+            fail(str(e))
+    return out
+
+
+# -- the timeline store ---------------------------------------------------------------------------------------
+@dataclass
+class Frame:
+    status: str
+    seconds: float
+    image: int  # index into Run.images of the latest image at this step, -1 before the first
+    tokens_png: bytes  # the token view (PNG: flat colours compress well)
+    stats: object | None  # edifice.pipeline.TokenStats or None
+
+    def nbytes(self) -> int:
+        return len(self.tokens_png) + (self.stats.nbytes() if self.stats is not None else 0) + 200
+
+
+@dataclass
+class Run:
+    spec: str
+    family: str
+    step_name: str
+    seed: int
+    num_images: int
+    frames: list = field(default_factory=list)
+    images: list = field(default_factory=list)  # uint8 [H, W, 3] native-size grids (only steps that made one)
+    thumbs: list = field(default_factory=list)  # (path, caption) for the gallery
+    num_steps: int = 0
+    done: bool = False
+    stopped: bool = False
+    started: float = field(default_factory=time.perf_counter)
+    folder: Path = field(default_factory=lambda: WORKDIR / uuid.uuid4().hex)
+    files: tuple = (None, None, None)
+
+    def nbytes(self) -> int:
+        return sum(f.nbytes() for f in self.frames) + sum(i.nbytes for i in self.images)
+
+    def add(self, pipe, step) -> Frame | None:
+        """Record one step record (image, token view, stats); returns the frame, or None past MAX_FRAMES."""
+        self.num_steps = step.num_steps
+        if step.image is not None:
+            grid = np.asarray(render.image_grid(step.image, target=1))
+            self.images.append(grid)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            thumb = self.folder / f"thumb{len(self.frames):04d}.png"
+            Image.fromarray(grid).resize(_fit(grid, 96), Image.NEAREST).save(thumb)
+            self.thumbs.append((str(thumb), f"{self.step_name} {step.step + 1}"))
+        if len(self.frames) >= MAX_FRAMES:
+            return None
+        buf = io.BytesIO()
+        pipe.token_view(step).save(buf, format="PNG", compress_level=1)
+        frame = Frame(pipe.status(step), step.seconds, len(self.images) - 1, buf.getvalue(), pipe.token_stats(step))
+        self.frames.append(frame)
+        return frame
+
+    def cleanup(self):
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class Timelines:
+    """Runs kept per browser session (``gr.Request.session_hash``), bounded as the module docstring says."""
+
+    def __init__(self):
+        self.sessions: OrderedDict[str, list[Run]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def start(self, session: str, run: Run, keep: int = RUNS_PER_SESSION) -> Run:
+        with self.lock:
+            runs = self.sessions.pop(session, [])
+            runs.append(run)
+            for old in runs[:-keep]:
+                old.cleanup()
+            self.sessions[session] = runs[-keep:]
+            while len(self.sessions) > MAX_SESSIONS:
+                for old in self.sessions.popitem(last=False)[1]:
+                    old.cleanup()
+        return run
+
+    def trim(self):
+        """Forget the oldest sessions (never the newest) while the frames kept exceed EDIFICE_TIMELINE_MB."""
+        with self.lock:
+            while len(self.sessions) > 1 and sum(r.nbytes() for rs in self.sessions.values() for r in rs) > \
+                    TIMELINE_BYTES:
+                for old in self.sessions.popitem(last=False)[1]:
+                    old.cleanup()
+
+    def latest(self, session: str, n: int = 1) -> list[Run]:
+        with self.lock:
+            return list(self.sessions.get(session, [])[-n:])
+
+    def nbytes(self) -> int:
+        with self.lock:
+            return sum(r.nbytes() for rs in self.sessions.values() for r in rs)
+
+
+TIMELINES = Timelines()
+
+
+def session_of(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "anonymous"
+
+
+def _fit(grid: np.ndarray, target: int) -> tuple[int, int]:
+    k = target / max(grid.shape[:2])
+    return max(1, round(grid.shape[1] * k)), max(1, round(grid.shape[0] * k))
+
+
+def upscale(grid: np.ndarray, target: int = 256) -> Image.Image:
+    """A native-size image grid enlarged by a whole factor with nearest-neighbour, so pixels stay crisp."""
+    k = render.upscale_factor(grid.shape[0], target)
+    img = Image.fromarray(grid)
+    return img.resize((img.width * k, img.height * k), Image.NEAREST) if k > 1 else img
+
+
+def frame_view(run: Run, i: int) -> tuple:
+    """(live image, token view, uncertainty view, status, step numbers) of frame i."""
+    f = run.frames[i]
+    live = upscale(run.images[f.image]) if f.image >= 0 else None
+    tokens = Image.open(io.BytesIO(f.tokens_png))
+    uncertainty = render.uncertainty_view(f.stats) if f.stats is not None else None
+    return live, tokens, uncertainty, f.status, step_numbers(run, i)
+
+
+def step_numbers(run: Run, i: int) -> str:
+    f = run.frames[i]
+    elapsed = sum(x.seconds for x in run.frames[: i + 1])
+    parts = [f"**{run.step_name} {i + 1}** of {run.num_steps}", f"{f.seconds * 1e3:.1f} ms",
+             f"{elapsed:.2f} s so far"]
+    if f.stats is not None:
+        drawn = f.stats.drawn_prob[~f.stats.drawn_prob.isnan()]
+        if drawn.numel():
+            parts.append(f"mean p(drawn) {drawn.mean():.3f}")
+        ent = f.stats.entropy[~f.stats.entropy.isnan() & (f.stats.drawn >= 0)]
+        if ent.numel():
+            parts.append(f"mean entropy {ent.mean():.2f} nats")
+    return " · ".join(parts)
+
+
+def timings(run: Run) -> list[list]:
+    rows = [[i + 1, f.status, round(f.seconds * 1e3, 1)] for i, f in enumerate(run.frames)]
+    return rows + [["total", "", round(sum(f.seconds for f in run.frames) * 1e3, 1)]]
+
+
+def save_outputs(run: Run, final: torch.Tensor | None = None) -> tuple[str, str, str]:
+    """The decode as GIF and WebP (one frame per stored image) and the last image as PNG, in the run's folder
+    (removed with the run; Gradio's copies are removed by its delete_cache)."""
+    run.folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{run.family.split()[0].lower()}-seed{run.seed}" + ("-stopped" if run.stopped else "")
+    frames = [upscale(g) for g in run.images]
+    gif = render.save_animation(frames, run.folder / f"{stem}.gif")
+    webp = render.save_animation(frames, run.folder / f"{stem}.webp")
+    png = run.folder / f"{stem}.png"
+    (render.image_grid(final, target=1) if final is not None else Image.fromarray(run.images[-1])).save(png)
+    run.files = (str(gif), str(webp), str(png))
+    return run.files
+
+
+# -- generation -----------------------------------------------------------------------------------------------
+def prepare(model, class_name, seed, randomize_seed, num_images, settings, progress=None):
+    """Everything checked before any work: (pipe, labels, seed, images, settings, expected seconds)."""
+    pipe = load(model, progress)
+    labels = parse_class(class_name, pipe)
+    seed, n = parse_common(seed, randomize_seed, num_images)
+    settings = check_settings(pipe, settings)
     try:
-        pipe = MODELS.get(check_spec(spec))
-    except (EdificeError, gr.Error):
-        return ""
-    if pipe.kind != "mar-diffusion":
-        return ""
-    try:
-        seconds = pipe.estimate_seconds(num_steps=int(steps), num_sampling_steps=int(diffusion_steps),
-                                        cfg=float(cfg), batch_size=int(num_images), preview=preview,
-                                        preview_every=int(preview_every), cuda_graphs=CUDA_GRAPHS)
-    except (ValueError, TypeError, RuntimeError):  # settings Generate will explain; no GPU outside a ZeroGPU call
-        return ""
-    hint = " · fewer steps or diffusion steps shorten it" if seconds > 60 else ""
-    return f"Expected wait ≈ {_duration(seconds)} on {pipe.device.type}{hint}"
+        pipe.settings_note(**settings)
+        seconds = pipe.estimate_seconds(**settings, batch_size=n)
+    except ValueError as e:
+        fail(str(e))
+    except RuntimeError:  # no GPU outside a ZeroGPU call: nothing to estimate yet
+        seconds = None
+    limit = max_seconds(pipe)
+    if seconds is not None and seconds > limit:
+        fail(f"these settings would take about {_duration(seconds)} here; this app allows {_duration(limit)} per "
+             f"generation (EDIFICE_MAX_SECONDS). Lower the steps, the diffusion steps or the images.")
+    return pipe, labels, seed, n, settings, seconds
+
+
+def max_seconds(pipe) -> float:
+    default = "600" if pipe.device.type == "cpu" else "120"
+    return float(os.environ.get("EDIFICE_MAX_SECONDS", default))
 
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
-def explain_scales(spec, scales):
-    """Inline check of the scale toggles (shown under them, before Generate is pressed)."""
-    try:
-        pipe = MODELS.get(check_spec(spec))
-    except (EdificeError, gr.Error):  # a model that cannot load: the model box already shows why
-        return ""
-    if pipe.kind != "var":
-        return ""
-    try:
-        edifice.generative.var.check_scales(sorted(int(s) for s in scales or []), pipe.scales)
-    except ValueError as e:
-        return f"⚠️ {e}"
-    return f"{len(scales)} scales · {sum(int(s) ** 2 for s in scales)} tokens"
-
-
-# -- generation ----------------------------------------------------------------------------------------------
-def status_line(pipe, step) -> str:
-    ms = f"{step.seconds * 1e3:.0f} ms"
-    if pipe.kind == "var":
-        return f"scale {step.step + 1}/{step.num_steps} · {step.patch_size}×{step.patch_size} · {ms}"
-    shown = int((~step.mask[0]).sum())
-    line = f"step {step.step + 1}/{step.num_steps} · {shown}/{step.mask.shape[1]} revealed"
-    return f"{line} · cfg {step.cfg:.2f} · {ms}" if pipe.kind == "mar-diffusion" else f"{line} · {ms}"
-
-
-def generate(model: str = "", class_name: str = "random", scales: list | None = None, steps: int = 16,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0, cfg: float = 1.5,
-             more_smooth: bool = False, schedule: str = "cosine", randomness: float = 0.0, seed: int = 0,
-             randomize_seed: bool = False, num_images: int = 1, preview: str = "full", cfg_schedule: str = "linear",
-             diffusion_steps: int = 100, preview_every: int = 1, progress=gr.Progress()):
-    """Stream one generation: yields (live image, token view, status, filmstrip, timings, GIF, WebP, PNG).
-
-    MAR with diffusion head first yields the expected wait, then decodes a preview every ``preview_every``
-    steps (the live image and filmstrip change only then; the token view and status change every step)."""
-    pipe = load(model or default_model())
-    labels = parse_class(class_name, pipe)
-    n = int(num_images)  # 1..MAX_IMAGES: the slider refuses anything else, for API calls too
-    seed = int(torch.randint(0, 2 ** 31 - 1, (1,)).item()) if randomize_seed else int(seed)
-    kw = dict(labels=labels, batch_size=n, cfg=float(cfg), temperature=float(temperature), seed=seed, preview=preview)
-    if pipe.kind == "var":
-        kw.update(scales=sorted(int(s) for s in scales) if scales else None, top_k=int(top_k), top_p=float(top_p),
-                  more_smooth=bool(more_smooth), cuda_graphs=CUDA_GRAPHS)
-        colors = render.codebook_colors(pipe.tokenizer.quantize.embedding.weight)
-    elif pipe.kind == "mar":
-        kw.update(num_steps=int(steps), schedule=schedule, randomness=float(randomness))
-    else:
-        kw.update(num_steps=int(steps), cfg_schedule=cfg_schedule, num_sampling_steps=int(diffusion_steps),
-                  preview_every=int(preview_every), cuda_graphs=CUDA_GRAPHS)
-    frames, thumbs, rows, t0 = [], [], [], time.perf_counter()
+def stream_run(pipe, run: Run, labels, settings, progress=None):
+    """Drive one generation, recording every step in ``run``; yields (step record, frame or None)."""
     ACTIVE["runs"] += 1
     try:
-        stream = pipe.stream(**kw)
-        if pipe.kind == "mar-diffusion":
-            wait = _duration(pipe.estimate_seconds(**kw))
-            yield gr.update(), gr.update(), f"starting · expected wait ≈ {wait}", gr.update(), None, None, None, None
-        for step in stream:
-            if step.image is not None:
-                live = render.image_grid(step.image)
-                frames.append(live)
-                thumbs.append(render.image_grid(step.image[:1], target=64, gap=0))
-            if pipe.kind == "var":
-                tokens = render.var_token_view(step.tokens, colors)
-            elif pipe.kind == "mar":
-                tokens = render.mar_token_view(step.mask, step.confidence, step.revealed)
-            else:
-                tokens = render.latent_token_view(step.tokens, step.mask, step.revealed)
-            rows.append([step.step + 1, step.patch_size if pipe.kind == "var" else int(step.revealed[0].sum()),
-                         round(step.seconds * 1e3, 1)])
-            progress((step.step + 1, step.num_steps), desc="generating",
-                     unit="scales" if pipe.kind == "var" else "steps")
-            status = status_line(pipe, step)
-            if step.step + 1 < step.num_steps:
-                shown = (live, render.filmstrip(thumbs)) if step.image is not None else (gr.update(), gr.update())
-                yield shown[0], tokens, status, shown[1], None, None, None, None
-                continue
-            total = time.perf_counter() - t0  # the last step also carries the timings and the downloads
-            rows.append(["total", "", round(total * 1e3, 1)])
-            files = save_outputs(frames, step.image, f"{pipe.kind}-seed{seed}")
-            status += (f" · done in {total:.2f} s · seed {seed} · {pipe.device.type} / "
-                       f"{str(pipe.dtype).removeprefix('torch.')}")
-            yield live, tokens, status, render.filmstrip(thumbs), rows, *files
-    except ValueError as e:  # bad scale list, steps out of range, unknown class: the library's own message
-        raise gr.Error(str(e)) from None
+        last = None
+        for step in pipe.stream(labels=labels, batch_size=run.num_images, seed=run.seed, **settings):
+            if run.stopped:
+                break
+            frame = run.add(pipe, step)
+            last = step
+            if progress is not None:
+                progress((step.step + 1, step.num_steps), desc="generating", unit=pipe.step_name + "s")
+            yield step, frame
+        if last is not None and not run.stopped:
+            run.done = True
+            save_outputs(run, last.image if last.image is not None else pipe.decode(last))
+    except ValueError as e:  # settings the family refuses only once it runs
+        fail(str(e))
     finally:  # also runs when Stop closes the generator at its next yield
         ACTIVE["runs"] -= 1
+        TIMELINES.trim()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
 
-def save_outputs(frames, images, stem: str) -> list[str]:
-    """The decode as GIF and WebP (one frame per step) and the final images as PNG, in a fresh temp folder."""
-    out = Path(tempfile.mkdtemp(prefix="edifice-"))
-    gif = render.save_animation(frames, out / f"{stem}.gif")
-    webp = render.save_animation(frames, out / f"{stem}.webp")
-    png = out / f"{stem}.png"
-    render.image_grid(images, target=1).save(png)
-    return [str(gif), str(webp), str(png)]
+# outputs of a run, in this order: live, tokens, uncertainty, status, numbers, timeline, gallery, timings,
+# gif, webp, png, run info
+CLEARED = (None, None, None, "", "", gr.update(value=0, maximum=1), [], None, None, None, None, "")
 
 
-GENERATE_PARAMS = inspect.signature(generate)
+def generate_api(model=None, class_name="random", seed=0, randomize_seed=False, num_images=1, settings=None,
+                 request: gr.Request = None, progress=gr.Progress()):
+    """/generate: one update per step (live image, token view, uncertainty view, status, step numbers, timeline,
+    filmstrip, timings, GIF, WebP, PNG, run info); the last carries the timings and the three files. ``settings``:
+    the family's own settings by name ({"scales": [1, 2, 4], "cfg": 3}); missing ones take the checkpoint's
+    recommended values, so model, class and seed alone reproduce what the page shows for them."""
+    yield from run_generation(model, class_name, seed, randomize_seed, num_images, settings, 0.0, request, progress)
 
 
-def zero_gpu_seconds(*args, **kwargs) -> int:
-    """The GPU time to ask ZeroGPU for, from /generate's own arguments: 60 s (its default, ample for VAR and the
-    discrete MAR), or for MAR with diffusion head 1.5x the H100 estimate of these settings plus 15 s, when that
-    is longer. A request shorter than the work is cut off; a longer one waits longer in the queue."""
-    a = GENERATE_PARAMS.bind_partial(*args, **kwargs).arguments
-    spec = a.get("model") or default_model()
+def run_generation(model, class_name, seed, randomize_seed, num_images, settings, pace, request, progress,
+                   slots=None):
+    """The run behind /generate and the page's Generate (which sends its ``slots`` instead of ``settings``)."""
+    yield CLEARED  # a new run clears the last one's outputs, also when it fails below
+    if slots is not None:
+        settings = settings_from_slots(load(model), slots)
+    pipe, labels, seed, n, settings, seconds = prepare(model, class_name, seed, randomize_seed, num_images,
+                                                       settings, progress)
+    run = TIMELINES.start(session_of(request), Run(check_spec(model), pipe.family, pipe.step_name, seed, n))
+    wait = f" · expected wait ≈ {_duration(seconds)}" if seconds is not None and seconds > 1 else ""
+    yield (*(gr.update(),) * 11, f"starting {pipe.family} · seed {seed}{wait}")
+    for step, frame in stream_run(pipe, run, labels, settings, progress):
+        k = len(run.frames)
+        info = (f"computed {step.step + 1}/{step.num_steps} {pipe.step_name}s in "
+                f"{time.perf_counter() - run.started:.2f} s")
+        gallery = list(run.thumbs) if step.image is not None else gr.update()
+        if pace > 0 or frame is None:  # the player's timer shows the frames at the chosen pace
+            yield (*(gr.update(),) * 5, gr.update(maximum=max(k, 1)), gallery, *(gr.update(),) * 4, info)
+            continue
+        live, tokens, unc, status, numbers = frame_view(run, k - 1)
+        yield (live if step.image is not None else gr.update(), tokens, unc, status, numbers,
+               gr.update(maximum=max(k, 1), value=k), gallery, *(gr.update(),) * 4, info)
+    if run.done:
+        total = time.perf_counter() - run.started
+        info = (f"done in {total:.2f} s · seed {seed} · {pipe.device.type} / "
+                f"{str(pipe.dtype).removeprefix('torch.')} · {len(run.frames)} {pipe.step_name}s on the timeline")
+        yield (*(gr.update(),) * 7, timings(run), *run.files, info)
+
+
+def generate_page(model, class_name, seed, randomize_seed, num_images, pace, *slots, request: gr.Request = None,
+                  progress=gr.Progress()):
+    """Generate on the page: as /generate, with the watch speed; at a pace the player's timer shows the steps."""
+    pace = PACES.get(pace, 0.0)
+    for j, out in enumerate(run_generation(model, class_name, seed, randomize_seed, num_images, None, pace,
+                                           request, progress, slots=slots)):
+        yield (*out, gr.Timer(value=pace, active=True) if pace > 0 and j == 1 else gr.update())
+
+
+def zero_gpu_seconds(model=None, class_name=None, seed=None, randomize_seed=None, num_images=1, settings=None,
+                     *args, **kwargs) -> int:
+    """The GPU time to ask ZeroGPU for, from /generate's own arguments, by the family's own rule."""
+    spec = str(model or default_model())
     preset = edifice.presets.presets().get(spec)
     kind = preset.kind if preset else getattr(MODELS.items.get(spec), "kind", None)  # loaded Hub/folder models
-    if kind != "mar-diffusion":
+    family = FAMILIES[kind].pipeline if kind in FAMILIES else edifice.pipeline.Pipeline
+    try:
+        return family.gpu_seconds(settings if isinstance(settings, dict) else {}, int(num_images or 1))
+    except (TypeError, ValueError):
         return 60
-    calls = int(a.get("steps", 16)) * int(a.get("diffusion_steps", 100)) * (1 + 0.1 * (int(a.get("num_images", 1)) - 1))
-    return max(60, math.ceil(1.5 * calls * MAR_CALL_SECONDS + 15))
 
 
 if spaces is not None:  # ZeroGPU: a GPU is attached for the duration of each generation only
-    generate = spaces.GPU(duration=zero_gpu_seconds)(generate)
+    generate_api = spaces.GPU(duration=zero_gpu_seconds)(generate_api)
 
 
-# -- layout ---------------------------------------------------------------------------------------------------
-def initial_state() -> tuple[str, list[str], list[int], list[int]]:
-    """Default model, its class choices, the scale toggles (its sizes plus the official 256/512 px lists, so API
-    calls for any VAR model pass Gradio's choice check; the model's own list replaces them in the page) and
-    its trained scales. A default that cannot load leaves the page working with a notice."""
-    spec = default_model()
-    sizes = set(edifice.generative.var.PATCH_NUMS_256) | set(edifice.generative.var.PATCH_NUMS_512)
+# -- the player -----------------------------------------------------------------------------------------------
+def current_run(request) -> Run | None:
+    runs = TIMELINES.latest(session_of(request))
+    return runs[0] if runs else None
+
+
+def show_frame(index, request: gr.Request = None):
+    """Scrub: the timeline's step (1-based; 0 = none yet) on the live image, token view, uncertainty view,
+    status and numbers; pauses playback."""
+    run = current_run(request)
+    i = int(float(index or 0))
+    if run is None or not run.frames or i < 1:
+        return (*(gr.update(),) * 5, gr.Timer(active=False))
+    return (*frame_view(run, min(i, len(run.frames)) - 1), gr.Timer(active=False))
+
+
+def tick(index, request: gr.Request = None):
+    """Play: the step after the timeline's, at the timer's pace; at the last stored step it waits for more while
+    the run computes and stops once it has ended."""
+    run = current_run(request)
+    i = int(float(index or 0))
+    if run is None or (i >= len(run.frames) and (run.done or run.stopped)):
+        return (*(gr.update(),) * 6, gr.Timer(active=False))
+    if i >= len(run.frames):
+        return (*(gr.update(),) * 6, gr.update())
+    return (*frame_view(run, i), gr.update(value=i + 1, maximum=max(len(run.frames), 1)), gr.update())
+
+
+def play(index, pace, request: gr.Request = None):
+    """Play from the timeline's step (from the start when it is at the end)."""
+    run = current_run(request)
+    if run is None or not run.frames:
+        return gr.update(), gr.Timer(active=False)
+    i = int(float(index or 0))
+    return gr.update(value=0 if i >= len(run.frames) else i), gr.Timer(value=PACES.get(pace) or 0.4, active=True)
+
+
+def pick_frame(request: gr.Request = None, evt: gr.SelectData = None):
+    """A click on a filmstrip thumbnail: that step on the timeline."""
+    run = current_run(request)
+    if run is None or evt is None:
+        return (*(gr.update(),) * 6, gr.Timer(active=False))
+    caption = run.thumbs[evt.index][1] if evt.index < len(run.thumbs) else ""
+    i = min(int(caption.rsplit(" ", 1)[-1]), len(run.frames)) - 1 if caption else 0
+    if i < 0:
+        return (*(gr.update(),) * 6, gr.Timer(active=False))
+    return (*frame_view(run, i), gr.update(value=i + 1), gr.Timer(active=False))
+
+
+def inspect_token(index, request: gr.Request = None, evt: gr.SelectData = None):
+    """A click on the token or uncertainty view: the candidates the model had there at the timeline's step."""
+    run = current_run(request)
+    if run is None or not run.frames or evt is None:
+        return gr.update(value=None), "Generate, then click a token."
+    i = min(max(int(float(index or 0)), 1), len(run.frames)) - 1
+    f = run.frames[i]
+    if f.stats is None:
+        return gr.update(value=None), "This step records no token statistics."
+    where = render.locate(f.stats.grid, run.num_images, *evt.index)
+    if where is None:
+        return gr.update(value=None), "Click inside a token map."
+    b, row, col = where
+    info = f.stats.inspect(b, row, col)
+    head = f"**image {b + 1}, token ({row}, {col})** at {run.step_name} {i + 1} · "
+    if not info["candidates"]:
+        when = info["heat"]
+        return gr.update(value=None), head + f"{info['note']}; {info['heat_label']}: " + (
+            "not drawn yet" if math.isnan(when) else f"{when:.2f}")
+    drawn = (f"drawn: **{info['drawn']}** (p = {info['drawn_prob']:.3f})" if info["drawn"] is not None
+             else "nothing drawn here at this step")
+    return (gr.update(value=info["candidates"]),
+            head + f"{drawn} · entropy {info['entropy']:.2f} nats · probabilities {info['note']}")
+
+
+def stop_run(request: gr.Request = None):
+    """Stop: the run ends at its next step; the timeline keeps what was made and the partial animation is
+    offered."""
+    run = current_run(request)
+    if run is None or run.done or not run.frames:
+        return (gr.update(),) * 4 + (gr.Timer(active=False),)
+    run.stopped = True
+    files = save_outputs(run) if run.images else (None, None, None)
+    return (f"stopped at {run.step_name} {len(run.frames)}/{run.num_steps} · the timeline keeps the "
+            f"{len(run.frames)} made", *files, gr.Timer(active=False))
+
+
+# -- compare --------------------------------------------------------------------------------------------------
+def describe(spec, settings) -> str:
+    return f"**{spec}** · " + ", ".join(f"{k}={v}" for k, v in settings.items())
+
+
+def pin_settings(model, *slots):
+    pipe = load(model)
+    settings = check_settings(pipe, settings_from_slots(pipe, slots))
+    return {"model": check_spec(model), "settings": settings}, "Run A: " + describe(check_spec(model), settings)
+
+
+def compare_api(model_a=None, settings_a=None, model_b=None, settings_b=None, class_name="random", seed=0,
+                num_images=1, request: gr.Request = None, progress=gr.Progress()):
+    """/compare: run A then run B (same class and seed) through the one generation queue; one update per step:
+    (live A, tokens A, status A, live B, tokens B, status B, progress slider, timings A, timings B)."""
+    yield (None, None, "", None, None, "", gr.update(value=0), None, None)
+    prepared = [prepare(m, class_name, seed, False, num_images, s, progress) for m, s in
+                ((model_a, settings_a), (model_b, settings_b))]
+    session = session_of(request)
+    runs = []
+    for j, (pipe, labels, s, n, settings, _) in enumerate(prepared):
+        spec = check_spec((model_a, model_b)[j])
+        run = TIMELINES.start(session + "/compare", Run(spec, pipe.family, pipe.step_name, s, n), keep=2)
+        runs.append(run)
+        for step, frame in stream_run(pipe, run, labels, settings, progress):
+            if frame is None:
+                continue
+            live, tokens, _, status, _ = frame_view(run, len(run.frames) - 1)
+            out = [gr.update()] * 9
+            out[3 * j: 3 * j + 3] = [live if step.image is not None else gr.update(), tokens, status]
+            yield tuple(out)
+    if all(r.done for r in runs):
+        yield (*(gr.update(),) * 6, gr.update(value=100), timings(runs[0]), timings(runs[1]))
+
+
+def compare_page(pinned, model, class_name, seed, num_images, *slots, request: gr.Request = None,
+                 progress=gr.Progress()):
+    if not pinned:
+        fail("Pin run A first: set a model and settings, press 'Use these settings as run A', then change them "
+             "for run B.")
+    pipe = load(model)
+    yield from compare_api(pinned["model"], pinned["settings"], model, settings_from_slots(pipe, slots),
+                           class_name, seed, num_images, request, progress)
+
+
+def show_compare(percent, request: gr.Request = None):
+    """The compare slider: both runs at the same fraction of their progress."""
+    runs = TIMELINES.latest(session_of(request) + "/compare", 2)
+    if len(runs) < 2:
+        return (gr.update(),) * 6
+    out = []
+    for run in runs:
+        if not run.frames:
+            out += [gr.update()] * 3
+            continue
+        i = min(len(run.frames) - 1, max(0, math.ceil(float(percent) / 100 * len(run.frames)) - 1))
+        live, tokens, _, status, _ = frame_view(run, i)
+        out += [live, tokens, status]
+    return tuple(out)
+
+
+# -- page -----------------------------------------------------------------------------------------------------
+def select_model(spec, progress=gr.Progress()):
+    """/select_model: load a model; returns its description, class choices, the settings slots and a cleared
+    run (a model switch clears the previous run's outputs)."""
+    pipe = load(spec, progress)
+    size = f"{pipe.image_size}×{pipe.image_size} px" if pipe.image_size else ""
+    info = (f"**{check_spec(spec)}** · {pipe.family} · {size} · {pipe.num_classes} classes · "
+            f"{pipe.device.type} / {str(pipe.dtype).removeprefix('torch.')}")
+    classes = class_choices(pipe)
+    legend = f"**Tokens** — {pipe.legend}"
+    return (info, gr.update(choices=classes, value=showcase_class(pipe)), legend,
+            *(slot_update(c) for c in slot_controls(pipe)), *CLEARED, None, "")
+
+
+def settings_note(model, num_images, *slots) -> str:
+    """Under the settings: the family's remark on them and the expected wait, or why they cannot run."""
     try:
-        pipe = MODELS.get(check_spec(spec))
-    except (EdificeError, gr.Error) as e:
-        gr.Warning(f"default model {spec} could not be loaded: {e}")
-        return spec, ["random"], sorted(sizes), []
-    own = pipe.scales if pipe.kind == "var" else []
-    return spec, class_choices(pipe), sorted(sizes | set(own)), own
+        pipe = MODELS.get(check_spec(model))
+        values = settings_from_slots(pipe, slots)
+        settings = {c.name: c.default if values.get(c.name) is None else c.check(values[c.name])
+                    for c in pipe.controls()}
+        note = pipe.settings_note(**settings)
+        seconds = pipe.estimate_seconds(**settings, batch_size=int(num_images))
+    except (EdificeError, gr.Error):
+        return ""
+    except ValueError as e:
+        return f"⚠️ {e}"
+    except RuntimeError:
+        return ""
+    if seconds is not None:
+        note = (note + " · " if note else "") + f"Expected wait ≈ {_duration(seconds)} on {pipe.device.type}"
+        if seconds > max_seconds(pipe):
+            note += f" · over this app's limit of {_duration(max_seconds(pipe))}: lower the steps"
+    return note
 
 
 def build_demo() -> gr.Blocks:
-    spec, classes, all_sizes, own_sizes = initial_state()
-    with gr.Blocks(title="edifice — watch MAR and VAR think") as demo:
-        gr.Markdown("# edifice\nWatch image generators think: **VAR** paints coarse-to-fine, one scale at a time; "
-                    "**MAR** reveals a token map step by step: the discrete one most confident first, the paper's "
-                    "MAR (diffusion head) in a random order, each token drawn by a small diffusion model.")
-        with gr.Row():
-            with gr.Column(scale=1, min_width=320):
+    spec = default_model()
+    with gr.Blocks(title="edifice — watch image generators think", delete_cache=(600, 3600)) as demo:
+        gr.Markdown("### edifice · watch image generators think — VAR paints coarse to fine, MAR reveals tokens "
+                    "step by step. Pick a model, press **Generate**, scrub the timeline, click a token.")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300):
                 model = gr.Dropdown(model_choices(), value=spec, label="Model", allow_custom_value=True,
                                     info="A preset, or a Hub repo id (org/name) holding an edifice checkpoint")
                 info = gr.Markdown()
-                class_name = gr.Dropdown(classes, value="random", label="Class", filterable=True,
+                class_name = gr.Dropdown(["random"], value="random", label="Class", filterable=True,
                                          allow_custom_value=True)
-                with gr.Group(visible=True) as var_box:
-                    scales = gr.CheckboxGroup(all_sizes, value=own_sizes, label="Scales (VAR)",
-                                              info="Token-map sizes to generate: start with 1, skip any others")
-                    scale_msg = gr.Markdown()
-                    with gr.Row():
-                        top_k = gr.Number(0, label="Top-k", precision=0, minimum=0, info="0 = off")
-                        top_p = gr.Slider(0.0, 1.0, 0.0, step=0.01, label="Top-p", info="0 = off")
-                    more_smooth = gr.Checkbox(False, label="More smooth (Gumbel soft codes)")
-                with gr.Group(visible=False) as mar_box:
-                    steps = gr.Slider(1, 256, 16, step=1, label="Steps (MAR)")
-                    schedule = gr.Radio(["cosine", "linear"], value="cosine", label="Schedule")
-                    randomness = gr.Slider(0.0, 10.0, 0.0, step=0.5, label="Ranking randomness",
-                                           info="Gumbel noise on the confidence ranking (MaskGIT), annealed")
-                    with gr.Column(visible=False) as diff_box:
-                        cfg_schedule = gr.Radio(["linear", "constant"], value="linear", label="CFG schedule",
-                                                info="linear: guidance ramps from 1 to CFG as tokens fill in")
-                        diffusion_steps = gr.Slider(2, 1000, 100, step=1, label="Diffusion steps",
-                                                    info="per token, by the diffusion head (authors: 100)")
-                        preview_every = gr.Slider(1, 64, 1, step=1, label="Preview every k steps",
-                                                  info="decoding a preview is the costly part on a CPU")
-                        wait_msg = gr.Markdown()
-                preview = gr.Radio(["full", "fast", "latent"], value="full", label="Preview",
-                                   info="full: decode the whole latent (exact); fast: decode a smaller latent "
-                                        "(cheaper, blurry or blocky); latent: colours from a linear map of the "
-                                        "latent (nearly free, no detail); the final image is always exact")
-                temperature = gr.Slider(0.0, 2.0, 1.0, step=0.05, label="Temperature", info="0 = greedy")
-                cfg = gr.Slider(0.0, 10.0, 1.5, step=0.1, label="CFG")
                 with gr.Row():
-                    seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                    seed = gr.Number(0, label="Seed", precision=0)
                     randomize = gr.Checkbox(False, label="Randomize seed")
-                num_images = gr.Slider(1, MAX_IMAGES, 1, step=1, label="Images")
+                with gr.Row():
+                    num_images = gr.Slider(1, MAX_IMAGES, 1, step=1, label="Images")
+                    pace = gr.Dropdown(list(PACES), value="as fast as it computes", label="Watch speed",
+                                       info="paces the display only")
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary")
                     stop = gr.Button("Stop", variant="stop")
-            with gr.Column(scale=2):
-                with gr.Row():
-                    live = gr.Image(label="Live", type="pil", format="png", height=300, interactive=False,
-                                    elem_id="live")
-                    tokens = gr.Image(label="Tokens", type="pil", format="png", height=300, interactive=False)
-                gr.Markdown("**Tokens** — VAR: the current scale's token map, one colour per code (similar codes, "
-                            "similar colours). MAR: dark = still hidden, colour = confidence of the chosen token "
-                            "(purple 0 → yellow 1), white outline = revealed in this step. MAR with diffusion head: "
-                            "colour = the token's latent channels (fixed projection).", elem_classes="legend")
-                status = gr.Textbox(label="Status", interactive=False, elem_id="status")
-                strip = gr.Image(label="Filmstrip", type="pil", format="png", height=90, interactive=False)
-                timings = gr.Dataframe(headers=["step", "size / revealed", "ms"], label="Timings", interactive=False,
-                                       max_height=260)
-                with gr.Row():
-                    gif = gr.File(label="Animation (GIF)")
-                    webp = gr.File(label="Animation (WebP)")
-                    png = gr.File(label="Final image (PNG)")
+                run_info = gr.Markdown(elem_id="run-info")
+                with gr.Accordion("Settings", open=True):
+                    slots = []
+                    for kind, n in SLOTS.items():
+                        for i in range(n):
+                            if kind == "number":
+                                slots.append(gr.Number(label=f"number {i}", visible=False))
+                            elif kind == "choice":
+                                slots.append(gr.Dropdown(["-"], label=f"choice {i}", visible=False))
+                            elif kind == "bool":
+                                slots.append(gr.Checkbox(label=f"switch {i}", visible=False))
+                            else:
+                                slots.append(gr.CheckboxGroup(["-"], label=f"list {i}", visible=False))
+                    note = gr.Markdown(elem_id="settings-note")
+            with gr.Column(scale=3):
+                with gr.Tab("Watch"):
+                    with gr.Row():
+                        live = gr.Image(label="Live", type="pil", format="png", height=280, interactive=False,
+                                        elem_id="live")
+                        tokens = gr.Image(label="Tokens (click one)", type="pil", format="png", height=280,
+                                          interactive=False, elem_id="tokens")
+                        uncertainty = gr.Image(label="Uncertainty (click one)", type="pil", format="png",
+                                               height=280, interactive=False, elem_id="uncertainty")
+                    with gr.Row():
+                        timeline = gr.Slider(0, 1, 0, step=1, label="Timeline", elem_id="timeline", scale=5)
+                        play_btn = gr.Button("▶ Play", scale=0, min_width=90)
+                        pause_btn = gr.Button("⏸ Pause", scale=0, min_width=90)
+                    status = gr.Textbox(label="Status", interactive=False, elem_id="status", max_lines=1)
+                    numbers = gr.Markdown(elem_id="numbers")
+                    legend = gr.Markdown(elem_classes="legend")
+                    gr.Markdown("**Uncertainty** — per token: the probability of the drawn token (VAR-like "
+                                "families), the entropy of positions still being decided (masked families), or "
+                                "when a token was drawn (continuous tokens); dark = not shown. Purple 0 → yellow 1.",
+                                elem_classes="legend")
+                    with gr.Row():
+                        candidates = gr.Label(label="Candidates at the clicked token", num_top_classes=8,
+                                              elem_id="candidates")
+                        picked = gr.Markdown(elem_id="picked")
+                    gallery = gr.Gallery(label="Filmstrip (click a step)", columns=12, height=220,
+                                         allow_preview=False, elem_id="filmstrip", elem_classes="filmstrip")
+                    timings_df = gr.Dataframe(headers=["step", "status", "ms"], label="Timings",
+                                              interactive=False, max_height=240)
+                    with gr.Row():
+                        gif = gr.File(label="Animation (GIF)")
+                        webp = gr.File(label="Animation (WebP)")
+                        png = gr.File(label="Final image (PNG)")
+                with gr.Tab("Compare"):
+                    gr.Markdown("Set a model and settings, press **Use these settings as run A**, change the "
+                                "model or any setting for run B, then **Compare**. Both runs use the class, "
+                                "seed and images on the left, go through the one generation queue, and share "
+                                "one timeline aligned by fraction of progress.")
+                    pinned = gr.State(None)
+                    with gr.Row():
+                        pin = gr.Button("Use these settings as run A")
+                        compare = gr.Button("Compare", variant="primary")
+                    pinned_md = gr.Markdown("Run A: not set")
+                    with gr.Row():
+                        live_a = gr.Image(label="Run A", type="pil", format="png", height=240, elem_id="live-a")
+                        tokens_a = gr.Image(label="Tokens A", type="pil", format="png", height=240,
+                                            elem_id="tokens-a")
+                        live_b = gr.Image(label="Run B", type="pil", format="png", height=240, elem_id="live-b")
+                        tokens_b = gr.Image(label="Tokens B", type="pil", format="png", height=240,
+                                            elem_id="tokens-b")
+                    progress_pct = gr.Slider(0, 100, 0, step=1, label="Progress (%)", elem_id="compare-progress")
+                    with gr.Row():
+                        status_a = gr.Textbox(label="Status A", interactive=False, elem_id="status-a")
+                        status_b = gr.Textbox(label="Status B", interactive=False, elem_id="status-b")
+                    with gr.Row():
+                        timings_a = gr.Dataframe(headers=["step", "status", "ms"], label="Timings A", max_height=200)
+                        timings_b = gr.Dataframe(headers=["step", "status", "ms"], label="Timings B", max_height=200)
+        timer = gr.Timer(0.4, active=False)
+        # hidden inputs of the API endpoints (the page sends its slots instead)
+        api_settings = gr.JSON(visible=False)
+        api_go = gr.Button(visible=False)
+        api_compare = gr.Button(visible=False)
+        api_settings_b, api_model_b = gr.JSON(visible=False), gr.Textbox(visible=False)
 
-        controls = [info, class_name, var_box, mar_box, scales, steps, temperature, cfg, top_k, top_p, more_smooth,
-                    schedule, randomness, diff_box, cfg_schedule, diffusion_steps, preview_every]
-        model.change(on_model_change, model, controls, api_name="select_model", show_progress_on=info)
-        demo.load(on_model_change, model, controls, api_visibility="private", show_progress_on=info)
-        scales.change(explain_scales, [model, scales], scale_msg, api_visibility="private", show_progress="hidden")
-        wait_inputs = [model, steps, diffusion_steps, cfg, num_images, preview, preview_every]
-        for control in wait_inputs[1:]:
-            control.change(expected_wait, wait_inputs, wait_msg, api_visibility="private", show_progress="hidden")
-        run = go.click(generate, [model, class_name, scales, steps, temperature, top_k, top_p, cfg, more_smooth,
-                                  schedule, randomness, seed, randomize, num_images, preview, cfg_schedule,
-                                  diffusion_steps, preview_every],
-                       [live, tokens, status, strip, timings, gif, webp, png], api_name="generate",
-                       concurrency_id="gpu", concurrency_limit=1, show_progress_on=status)
-        stop.click(None, None, None, cancels=[run], api_visibility="private")
+        run_outputs = [live, tokens, uncertainty, status, numbers, timeline, gallery, timings_df, gif, webp, png,
+                       run_info]
+        view = [live, tokens, uncertainty, status, numbers]
+        selected = [info, class_name, legend, *slots, *run_outputs, candidates, picked]
+        model.change(select_model, model, selected, api_name="select_model", show_progress_on=info)
+        demo.load(select_model, model, selected, api_visibility="private", show_progress_on=info)
+        for slot in [num_images, *slots]:
+            slot.change(settings_note, [model, num_images, *slots], note, api_visibility="private",
+                        show_progress="hidden")
+        run = go.click(generate_page, [model, class_name, seed, randomize, num_images, pace, *slots],
+                       [*run_outputs, timer], api_visibility="private", concurrency_id="gpu", concurrency_limit=1,
+                       show_progress_on=run_info)
+        api_go.click(generate_api, [model, class_name, seed, randomize, num_images, api_settings], run_outputs,
+                     api_name="generate", concurrency_id="gpu", concurrency_limit=1, show_progress_on=run_info)
+        stop.click(stop_run, None, [run_info, gif, webp, png, timer], cancels=[run], api_visibility="private")
+        timeline.input(show_frame, timeline, [*view, timer], api_visibility="private", show_progress="hidden")
+        timer.tick(tick, timeline, [*view, timeline, timer], api_visibility="private", show_progress="hidden",
+                   concurrency_limit=None)
+        play_btn.click(play, [timeline, pace], [timeline, timer], api_visibility="private")
+        pause_btn.click(lambda: gr.Timer(active=False), None, timer, api_visibility="private")
+        gallery.select(pick_frame, None, [*view, timeline, timer], api_visibility="private")
+        for image in (tokens, uncertainty):
+            image.select(inspect_token, timeline, [candidates, picked], api_visibility="private",
+                         show_progress="hidden")
+        pin.click(pin_settings, [model, *slots], [pinned, pinned_md], api_visibility="private")
+        compare_outputs = [live_a, tokens_a, status_a, live_b, tokens_b, status_b, progress_pct, timings_a, timings_b]
+        compare.click(compare_page, [pinned, model, class_name, seed, num_images, *slots], compare_outputs,
+                      api_visibility="private", concurrency_id="gpu", concurrency_limit=1,
+                      show_progress_on=[status_a, status_b])
+        api_compare.click(compare_api, [model, api_settings, api_model_b, api_settings_b, class_name, seed,
+                                        num_images], compare_outputs, api_name="compare", concurrency_id="gpu",
+                          concurrency_limit=1)
+        progress_pct.input(show_compare, progress_pct, [live_a, tokens_a, status_a, live_b, tokens_b, status_b],
+                           api_visibility="private", show_progress="hidden")
     demo.queue(max_size=int(os.environ.get("EDIFICE_MAX_QUEUE", "16")))
     return demo
+
+
+def launch(demo: gr.Blocks, **kwargs):
+    """Launch with the app's limits: uploads at most 10 MB."""
+    return demo.launch(css=CSS, max_file_size="10mb", **kwargs)
 
 
 if __name__ == "__main__":
@@ -430,4 +872,4 @@ if __name__ == "__main__":
     parser.add_argument("--allow-local", action="store_true", help="accept local checkpoint folders (not on a Space)")
     args = parser.parse_args()
     ALLOW_LOCAL = ALLOW_LOCAL or args.allow_local
-    build_demo().launch(css=CSS)
+    launch(build_demo())

@@ -27,6 +27,7 @@ Shared sampling pieces live here once: :func:`new_seed`, :func:`resolve_labels`,
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,10 @@ def check_preview(preview) -> None:
 
 def resolve_cuda_graphs(model: nn.Module, cuda_graphs: bool | None) -> bool:
     """Whether a sampler replays CUDA graphs: None = whenever the whole model is on one CUDA device (graphs need
-    fixed addresses, so not with accelerate's offloading); True demands it; False never."""
+    fixed addresses, so not with accelerate's offloading) and ``EDIFICE_CUDA_GRAPHS`` is not ``0`` (the app sets
+    it on ZeroGPU, where every generation runs in a fresh worker); True demands it; False never."""
+    if cuda_graphs is None and os.environ.get("EDIFICE_CUDA_GRAPHS") == "0":
+        return False
     devices = {p.device for p in model.parameters()}
     offloaded = any(hasattr(m, "_hf_hook") for m in model.modules())
     whole = len(devices) == 1 and next(iter(devices)).type == "cuda" and not offloaded
@@ -308,6 +312,12 @@ class Pipeline:
     def estimate_seconds(self, **settings) -> float | None:
         """Wall time a generation with these settings takes on this device, when the family can tell."""
         return None
+
+    @classmethod
+    def gpu_seconds(cls, settings: dict, batch_size: int = 1) -> int:
+        """GPU time to reserve for one generation on a shared GPU (ZeroGPU's ``duration``) before the model is
+        loaded: ZeroGPU's default 60 s, which every family's default settings fit on an H100."""
+        return 60
 
     def status(self, step) -> str:
         """One line for a step record: ``"step 3/16 · 42 ms"`` plus what the family adds."""

@@ -126,6 +126,20 @@ def uncertainty_view(stats, target: int = 256, gap: int = 4) -> Image.Image:
     return _row([np.kron(t.reshape(rows, cols, 3), np.ones((k, k, 1), dtype=np.uint8)) for t in rgb], gap)
 
 
+def locate(grid: tuple[int, int], batch: int, x: float, y: float, target: int = 256, gap: int = 4
+           ) -> tuple[int, int, int] | None:
+    """The (image, row, col) under pixel (x, y) of a token view or uncertainty view drawn for ``target`` with
+    ``gap`` between the images (the layout of :func:`var_token_view`, :func:`mar_token_view`,
+    :func:`uncertainty_view`); None in a gap or outside."""
+    rows, cols = grid
+    k = upscale_factor(max(rows, cols), target)
+    b, rest = divmod(int(x), cols * k + gap)
+    row, col = int(y) // k, rest // k
+    if not (0 <= b < batch and rest < cols * k and 0 <= row < rows and 0 <= col < cols):
+        return None
+    return b, row, col
+
+
 def _reveal_map(rgb_BSS3: np.ndarray, mask_BL: torch.Tensor, revealed_BL: torch.Tensor, target: int,
                 gap: int) -> Image.Image:
     B, side = rgb_BSS3.shape[:2]
