@@ -21,6 +21,14 @@ setting the authors publish for it, the zero-shot-edit notebook's (cfg 3, top_k 
 more_smooth on). Official revisions are ``main``: the authors publish no tags, and the 2024-04 replacement
 of d16/d30 (L2-normalised attention) is what every current user has.
 
+Official Halton-MaskGIT presets (kind ``"maskgit"``, source ``"official-maskgit"``): ``maskgit-256-tiny`` ...
+``maskgit-384-large`` from ``llvictorll/Halton-MaskGIT``; ``files`` = ``vq`` and ``model``, the ``vq`` file taken
+from another repo, ``config["vq_repo"]`` (LlamaGen's), at ``config["vq_revision"]``. Official LlamaGen presets
+(kind ``"llamagen"``, source ``"official-llamagen"``): ``llamagen-b-256`` ... ``llamagen-3b-384`` from
+``FoundationVision/LlamaGen`` (``files`` = ``vq`` and ``gpt``). For both, ``config["name"]`` is the released
+model (heads are not in the weights) or ``config["arguments"]`` the authors' constructor arguments; recipes and
+sizes are explained in the README (Presets).
+
 Official FractalGen presets (kind ``"fractalgen"``, source ``"official-fractalgen"``): ``fractalar-in64``,
 ``fractalmar-in64``, ``fractalmar-base-in256``, ``fractalmar-large-in256``, ``fractalmar-huge-in256``. The authors
 host their ``checkpoint-last.pth`` files on Dropbox, not the Hub, so they are read from ``path`` (default
