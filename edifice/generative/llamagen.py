@@ -148,10 +148,6 @@ class LlamaGen(nn.Module):
         self.register_buffer("freqs_cis", rope_2d(cfg.grid, cfg.head_dim, cfg.rope_base, cfg.cls_token_num),
                              persistent=False)
 
-    @property
-    def blocks(self) -> nn.ModuleList:  # what edifice.loading's offloading splits
-        return self.layers
-
     def run(self, x_BlD: torch.Tensor, start: int, caches: list[KVCache] | None = None) -> torch.Tensor:
         """Logits of the embedded tokens ``x_BlD`` at positions ``start..start+l-1`` (0 = the class token),
         appending to ``caches`` when given, else attending causally within ``x_BlD`` (which must then start at 0)."""
