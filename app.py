@@ -52,6 +52,7 @@ import edifice.presets
 from edifice import render
 from edifice.checkpoint import FAMILIES
 from edifice.errors import EdificeError
+from edifice.serving import PipelineCache
 
 MAX_IMAGES = 4
 MAX_LOADED = 2  # pipelines kept in memory
@@ -112,27 +113,15 @@ def default_model() -> str:
     return os.environ.get("EDIFICE_DEFAULT_MODEL") or model_choices()[0][1]
 
 
-class ModelCache:
-    """A small LRU of loaded pipelines; loading is serialised so two visitors never load the same model twice."""
-
-    def __init__(self, capacity: int):
-        self.capacity, self.items, self.lock = capacity, OrderedDict(), threading.Lock()
-
-    def get(self, spec: str):
-        with self.lock:
-            if spec in self.items:
-                self.items.move_to_end(spec)
-                return self.items[spec]
-            pipe = edifice.load(spec)
-            self.items[spec] = pipe
-            while len(self.items) > self.capacity:
-                self.items.popitem(last=False)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            return pipe
+def model_cache(allow_local: bool) -> PipelineCache:
+    """Loaded pipelines, locked per model (a slow download blocks no one else). In public mode (no
+    --allow-local) a spec is only a preset or a Hub repo id, never a path, errors name no server path, and a Hub
+    repo larger than EDIFICE_MAX_DOWNLOAD_GB (default 5; presets exempt) is refused before downloading."""
+    limit = None if allow_local else int(float(os.environ.get("EDIFICE_MAX_DOWNLOAD_GB", "5")) * 1e9)
+    return PipelineCache(MAX_LOADED, allow_local=allow_local, max_download_bytes=limit)
 
 
-MODELS = ModelCache(MAX_LOADED)
+MODELS = model_cache(ALLOW_LOCAL)
 ACTIVE = {"runs": 0}  # generations in progress (Stop must bring this back down: the generator's cleanup ran)
 
 
@@ -516,8 +505,7 @@ def run_generation(model, class_name, seed, randomize_seed, num_images, settings
         yield (*(gr.update(),) * 7, timings(run), *run.files, info)
 
 
-def generate_page(model, class_name, seed, randomize_seed, num_images, pace, *slots, request: gr.Request = None,
-                  progress=gr.Progress()):
+def generate_page(model, class_name, seed, randomize_seed, num_images, pace, slots, request, progress):
     """Generate on the page: as /generate, with the watch speed; at a pace the player's timer shows the steps."""
     pace = PACES.get(pace, 0.0)
     for j, out in enumerate(run_generation(model, class_name, seed, randomize_seed, num_images, None, pace,
@@ -530,7 +518,7 @@ def zero_gpu_seconds(model=None, class_name=None, seed=None, randomize_seed=None
     """The GPU time to ask ZeroGPU for, from /generate's own arguments, by the family's own rule."""
     spec = str(model or default_model())
     preset = edifice.presets.presets().get(spec)
-    kind = preset.kind if preset else getattr(MODELS.items.get(spec), "kind", None)  # loaded Hub/folder models
+    kind = preset.kind if preset else MODELS.get(spec).kind if spec in MODELS else None  # loaded Hub/folder models
     family = FAMILIES[kind].pipeline if kind in FAMILIES else edifice.pipeline.Pipeline
     try:
         return family.gpu_seconds(settings if isinstance(settings, dict) else {}, int(num_images or 1))
@@ -633,7 +621,7 @@ def describe(spec, settings) -> str:
     return f"**{spec}** · " + ", ".join(f"{k}={v}" for k, v in settings.items())
 
 
-def pin_settings(model, *slots):
+def pin_settings(model, slots):
     pipe = load(model)
     settings = check_settings(pipe, settings_from_slots(pipe, slots))
     return {"model": check_spec(model), "settings": settings}, "Run A: " + describe(check_spec(model), settings)
@@ -663,8 +651,7 @@ def compare_api(model_a=None, settings_a=None, model_b=None, settings_b=None, cl
         yield (*(gr.update(),) * 6, gr.update(value=100), timings(runs[0]), timings(runs[1]))
 
 
-def compare_page(pinned, model, class_name, seed, num_images, *slots, request: gr.Request = None,
-                 progress=gr.Progress()):
+def compare_page(pinned, model, class_name, seed, num_images, slots, request, progress):
     if not pinned:
         fail("Pin run A first: set a model and settings, press 'Use these settings as run A', then change them "
              "for run B.")
@@ -699,11 +686,13 @@ def select_model(spec, progress=gr.Progress()):
             f"{pipe.device.type} / {str(pipe.dtype).removeprefix('torch.')}")
     classes = class_choices(pipe)
     legend = f"**Tokens** — {pipe.legend}"
+    defaults = {c.name: c.default for c in pipe.controls()}
+    note = settings_note(spec, 1, [defaults.get(c.name) if c is not None else None for c in slot_controls(pipe)])
     return (info, gr.update(choices=classes, value=showcase_class(pipe)), legend,
-            *(slot_update(c) for c in slot_controls(pipe)), *CLEARED, None, "")
+            *(slot_update(c) for c in slot_controls(pipe)), *CLEARED, None, "", note)
 
 
-def settings_note(model, num_images, *slots) -> str:
+def settings_note(model, num_images, slots) -> str:
     """Under the settings: the family's remark on them and the expected wait, or why they cannot run."""
     try:
         pipe = MODELS.get(check_spec(model))
@@ -728,26 +717,25 @@ def settings_note(model, num_images, *slots) -> str:
 def build_demo() -> gr.Blocks:
     spec = default_model()
     with gr.Blocks(title="edifice — watch image generators think", delete_cache=(600, 3600)) as demo:
-        gr.Markdown("### edifice · watch image generators think — VAR paints coarse to fine, MAR reveals tokens "
-                    "step by step. Pick a model, press **Generate**, scrub the timeline, click a token.")
+        gr.Markdown("**edifice** · watch image generators think: pick a model, press **Generate**, scrub the "
+                    "timeline, click a token to see what the model weighed there.")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
-                model = gr.Dropdown(model_choices(), value=spec, label="Model", allow_custom_value=True,
-                                    info="A preset, or a Hub repo id (org/name) holding an edifice checkpoint")
-                info = gr.Markdown()
+                model = gr.Dropdown(model_choices(), value=spec, label="Model", allow_custom_value=True)
+                info = gr.Markdown(elem_classes="legend")
                 class_name = gr.Dropdown(["random"], value="random", label="Class", filterable=True,
                                          allow_custom_value=True)
-                with gr.Row():
-                    seed = gr.Number(0, label="Seed", precision=0)
-                    randomize = gr.Checkbox(False, label="Randomize seed")
-                with gr.Row():
-                    num_images = gr.Slider(1, MAX_IMAGES, 1, step=1, label="Images")
-                    pace = gr.Dropdown(list(PACES), value="as fast as it computes", label="Watch speed",
-                                       info="paces the display only")
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary")
                     stop = gr.Button("Stop", variant="stop")
                 run_info = gr.Markdown(elem_id="run-info")
+                with gr.Row():
+                    seed = gr.Number(0, label="Seed", precision=0, min_width=90)
+                    randomize = gr.Checkbox(False, label="Random seed", min_width=90)
+                with gr.Row():
+                    num_images = gr.Slider(1, MAX_IMAGES, 1, step=1, label="Images", min_width=120)
+                    pace = gr.Dropdown(list(PACES), value="as fast as it computes", label="Watch speed",
+                                       min_width=120)
                 with gr.Accordion("Settings", open=True):
                     slots = []
                     for kind, n in SLOTS.items():
@@ -755,11 +743,12 @@ def build_demo() -> gr.Blocks:
                             if kind == "number":
                                 slots.append(gr.Number(label=f"number {i}", visible=False))
                             elif kind == "choice":
-                                slots.append(gr.Dropdown(["-"], label=f"choice {i}", visible=False))
+                                slots.append(gr.Dropdown(["-"], value=None, label=f"choice {i}", visible=False,
+                                                            allow_custom_value=True))
                             elif kind == "bool":
                                 slots.append(gr.Checkbox(label=f"switch {i}", visible=False))
                             else:
-                                slots.append(gr.CheckboxGroup(["-"], label=f"list {i}", visible=False))
+                                slots.append(gr.CheckboxGroup(["-"], value=[], label=f"list {i}", visible=False))
                     note = gr.Markdown(elem_id="settings-note")
             with gr.Column(scale=3):
                 with gr.Tab("Watch"):
@@ -772,11 +761,14 @@ def build_demo() -> gr.Blocks:
                                                height=280, interactive=False, elem_id="uncertainty")
                     with gr.Row():
                         timeline = gr.Slider(0, 1, 0, step=1, label="Timeline", elem_id="timeline", scale=5)
-                        play_btn = gr.Button("▶ Play", scale=0, min_width=90)
-                        pause_btn = gr.Button("⏸ Pause", scale=0, min_width=90)
-                    status = gr.Textbox(label="Status", interactive=False, elem_id="status", max_lines=1)
+                        play_btn = gr.Button("Play", scale=0, min_width=80)
+                        pause_btn = gr.Button("Pause", scale=0, min_width=80)
+                    status = gr.Textbox(label="Status", interactive=False, elem_id="status")
                     numbers = gr.Markdown(elem_id="numbers")
                     legend = gr.Markdown(elem_classes="legend")
+                    gr.Markdown("The model box takes a preset or a Hub repo id (org/name) holding an edifice "
+                                "checkpoint. Watch speed paces the display only: the run computes at full speed "
+                                "and its timings stay true.", elem_classes="legend")
                     gr.Markdown("**Uncertainty** — per token: the probability of the drawn token (VAR-like "
                                 "families), the entropy of positions still being decided (masked families), or "
                                 "when a token was drawn (continuous tokens); dark = not shown. Purple 0 → yellow 1.",
@@ -827,13 +819,29 @@ def build_demo() -> gr.Blocks:
         run_outputs = [live, tokens, uncertainty, status, numbers, timeline, gallery, timings_df, gif, webp, png,
                        run_info]
         view = [live, tokens, uncertainty, status, numbers]
-        selected = [info, class_name, legend, *slots, *run_outputs, candidates, picked]
+        selected = [info, class_name, legend, *slots, *run_outputs, candidates, picked, note]
         model.change(select_model, model, selected, api_name="select_model", show_progress_on=info)
         demo.load(select_model, model, selected, api_visibility="private", show_progress_on=info)
+        # the page's handlers take their inputs as one dict (a set of components), so that the slots can be any
+        # number and Gradio still passes the request (the browser session) by annotation
+        page = {model, class_name, seed, randomize, num_images, pace, pinned, *slots}
+
+        def values(d):
+            return [d[c] for c in slots]
+
+        def on_generate(d, request: gr.Request, progress=gr.Progress()):
+            yield from generate_page(d[model], d[class_name], d[seed], d[randomize], d[num_images], d[pace],
+                                     values(d), request, progress)
+
+        def on_compare(d, request: gr.Request, progress=gr.Progress()):
+            yield from compare_page(d[pinned], d[model], d[class_name], d[seed], d[num_images], values(d), request,
+                                    progress)
+
         for slot in [num_images, *slots]:
-            slot.change(settings_note, [model, num_images, *slots], note, api_visibility="private",
-                        show_progress="hidden")
-        run = go.click(generate_page, [model, class_name, seed, randomize, num_images, pace, *slots],
+            slot.input(lambda d: settings_note(d[model], d[num_images], values(d)), page, note,
+                       api_visibility="private", trigger_mode="always_last",
+                       show_progress="hidden")
+        run = go.click(on_generate, page,
                        [*run_outputs, timer], api_visibility="private", concurrency_id="gpu", concurrency_limit=1,
                        show_progress_on=run_info)
         api_go.click(generate_api, [model, class_name, seed, randomize, num_images, api_settings], run_outputs,
@@ -848,9 +856,9 @@ def build_demo() -> gr.Blocks:
         for image in (tokens, uncertainty):
             image.select(inspect_token, timeline, [candidates, picked], api_visibility="private",
                          show_progress="hidden")
-        pin.click(pin_settings, [model, *slots], [pinned, pinned_md], api_visibility="private")
+        pin.click(lambda d: pin_settings(d[model], values(d)), page, [pinned, pinned_md], api_visibility="private")
         compare_outputs = [live_a, tokens_a, status_a, live_b, tokens_b, status_b, progress_pct, timings_a, timings_b]
-        compare.click(compare_page, [pinned, model, class_name, seed, num_images, *slots], compare_outputs,
+        compare.click(on_compare, page, compare_outputs,
                       api_visibility="private", concurrency_id="gpu", concurrency_limit=1,
                       show_progress_on=[status_a, status_b])
         api_compare.click(compare_api, [model, api_settings, api_model_b, api_settings_b, class_name, seed,
@@ -872,4 +880,5 @@ if __name__ == "__main__":
     parser.add_argument("--allow-local", action="store_true", help="accept local checkpoint folders (not on a Space)")
     args = parser.parse_args()
     ALLOW_LOCAL = ALLOW_LOCAL or args.allow_local
+    MODELS = model_cache(ALLOW_LOCAL)
     launch(build_demo())
