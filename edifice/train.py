@@ -1,4 +1,5 @@
-"""Train the tokenizers, VAR and MAR: ``python -m edifice.train {tokenizer,var,mar} --data DIR --out RUN``.
+"""Train the tokenizers, VAR, MAR and FractalGen: ``python -m edifice.train {tokenizer,var,mar,fractalgen} --data
+DIR --out RUN``.
 
 Built on accelerate, so one command runs on the CPU, one GPU or several (``accelerate launch -m
 edifice.train ...``), with ``--mixed-precision`` and ``--grad-accum``. Input is any ImageFolder tree
@@ -17,6 +18,10 @@ edifice.train ...``), with ``--mixed-precision`` and ``--grad-accum``. Input is 
   re-quantized for that sub-list, so the sampler's scale-list control gives real images.
 - ``mar``: cross-entropy on the masked tokens, mask ratios from MAR's training default (``maskgit``:
   cos(pi u / 2), see :func:`edifice.generative.mar.sample_mask_ratio`), class dropout.
+- ``fractalgen``: pixel space, no tokenizer: the authors' loss (``FractalGen.forward`` in
+  :mod:`edifice.generative.fractalgen`: class dropout, truncated-normal MAR masking, r-weighted pixel loss) for
+  any ``--generator-types`` (their ``generator_type_list``, e.g. ``ar,ar,ar`` or ``mar,mar,ar``) and sizes
+  (``--img-size-list``, ``--embed-dim-list``, ``--num-blocks-list``, ``--num-heads-list``).
 
 Learning rate: linear warm-up, then cosine decay to a tenth at ``--steps``. AdamW; weight decay only on the
 weights of linear and conv layers. The exported weights are an EMA of the trained ones (``--ema``).
@@ -24,7 +29,7 @@ weights of linear and conv layers. The exported weights are an EMA of the traine
 A run folder holds ``run.json`` (stage, architecture, classes, options), ``metrics.csv`` (one row per
 ``--log-every`` steps), ``state/`` (accelerate's state plus step counters and EMA; rerunning the command on
 the same ``--out`` resumes from it, with the architecture of ``run.json``) and ``export/`` (written at every
-save and at the end: a tokenizer folder for ``tokenizer``, an edifice checkpoint for ``var`` and ``mar``).
+save and at the end: a tokenizer folder for ``tokenizer``, an edifice checkpoint for the generators).
 The same code is importable: :func:`run` takes the command-line options as keyword arguments.
 """
 
@@ -44,6 +49,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
@@ -53,11 +59,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import ImageFolder
+from .generative import fractalgen as fractal_mod
 from .generative import mar as mar_mod
 from .generative import var as var_mod
 from .tokenizers.vqvae import VQVAE, VQVAEConfig
 
-STAGES = ("tokenizer", "var", "mar")
+STAGES = ("tokenizer", "var", "mar", "fractalgen")
 TOKENIZER_FORMAT = "edifice-tokenizer"
 
 
@@ -89,6 +96,14 @@ def load_tokenizer(path: Path) -> VQVAE:
     vae = VQVAE(VQVAEConfig(**config["tokenizer"]))
     vae.load_state_dict(load_file(folder / "model.safetensors"))
     return vae.eval().requires_grad_(False)
+
+
+def save_pipeline(pipe, folder: Path, card: str) -> Path:
+    """An exported generator: the pipeline as an edifice checkpoint, the training card appended to its README."""
+    pipe.save_pretrained(folder)
+    with open(Path(folder) / "README.md", "a") as f:
+        f.write("\n" + card)
+    return Path(folder)
 
 
 def replace_dir(tmp: Path, folder: Path) -> None:
@@ -349,11 +364,8 @@ class TransformerTask(Task):
                 yield x[idx], y[idx]
 
     def export(self, model, folder, card):
-        pipe = self.pipeline(copy.deepcopy(self.vae).cpu(), model, self.dataset.class_names, {})
-        pipe.save_pretrained(folder)
-        with open(Path(folder) / "README.md", "a") as f:
-            f.write("\n" + card)
-        return Path(folder)
+        return save_pipeline(self.pipeline(copy.deepcopy(self.vae).cpu(), model, self.dataset.class_names, {}),
+                             folder, card)
 
 
 class VARTask(TransformerTask):
@@ -418,7 +430,47 @@ class MARTask(TransformerTask):
         return loss, {"loss": loss.detach(), "acc": hit.sum() / mask.sum().clamp_min(1)}
 
 
-TASKS = {"tokenizer": TokenizerTask, "var": VARTask, "mar": MARTask}
+class FractalGenTask(Task):
+    """FractalGen over raw pixels (no tokenizer): the authors' training loss (:meth:`FractalGen.forward`:
+    label dropout, truncated-normal MAR masking, r-weighted pixel loss) on images normalised as theirs.
+    Weight decay and betas are the authors' (0.05, (0.9, 0.95))."""
+
+    lr, weight_decay = 4e-4, 0.05
+
+    def __init__(self, args, saved, device):
+        super().__init__(args, saved, device)
+        sizes = saved["model"]["img_size_list"] if saved else args.img_size_list
+        self.dataset = ImageFolder(args.data, sizes[0])
+        try:
+            cfg = fractal_mod.FractalGenConfig(**saved["model"]) if saved else fractal_mod.FractalGenConfig(
+                img_size_list=args.img_size_list, embed_dim_list=args.embed_dim_list,
+                num_blocks_list=args.num_blocks_list, num_heads_list=args.num_heads_list,
+                generator_type_list=args.generator_types, class_num=len(self.dataset.folders),
+                guiding_pixel=args.guiding_pixel, num_conds=args.num_conds, r_weight=args.r_weight,
+                label_drop_prob=args.cond_drop)
+        except fractal_mod.FractalGenConfigError as e:
+            raise SystemExit(str(e)) from None
+        self.model = fractal_mod.FractalGen(cfg)
+        self.mean, self.std = (torch.tensor(v, device=device)[:, None, None]
+                               for v in (fractal_mod.PIX_MEAN, fractal_mod.PIX_STD))
+
+    def batches(self, start, rank, world):
+        for img, y in self.image_batches(self.dataset, start, rank, world):
+            yield ((img + 1) / 2 - self.mean) / self.std, y  # [-1, 1] -> the authors' ImageNet normalisation
+
+    def loss(self, model, batch, g):
+        img, y = batch
+        seeds = torch.randint(2 ** 62, (2,), generator=g).tolist()
+        rng = torch.Generator(img.device).manual_seed(seeds[0])
+        loss = model(img, y, rng=rng, np_rng=np.random.RandomState(seeds[1] % 2 ** 32))
+        return loss, {"loss": loss.detach()}
+
+    def export(self, model, folder, card):
+        tokenizer = fractal_mod.PixelTokenizer(image_size=model.cfg.img_size)
+        return save_pipeline(fractal_mod.FractalGenPipeline(tokenizer, model, self.dataset.class_names), folder, card)
+
+
+TASKS = {"tokenizer": TokenizerTask, "var": VARTask, "mar": MARTask, "fractalgen": FractalGenTask}
 
 
 # -- the loop -------------------------------------------------------------------------------------------------
@@ -600,6 +652,10 @@ def parse_scales(text: str) -> tuple[int, ...]:
     return tuple(int(s) for s in text.split(",") if s.strip())
 
 
+def parse_names(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("data, run and optimisation")
@@ -656,6 +712,20 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--mask-schedule", choices=mar_mod.RATIO_SCHEDULES, default="maskgit",
                            help="mask-ratio distribution (see edifice.generative.mar.sample_mask_ratio)")
+    f = sub.add_parser("fractalgen", parents=[common], help="FractalGen over pixels (no tokenizer)")
+    f.add_argument("--img-size-list", type=parse_scales, default=(64, 4, 1),
+                   help="image size of each level down to 1 (the pixel head), e.g. 64,4,1 or 64,16,4,1")
+    f.add_argument("--generator-types", type=parse_names, default=("mar", "mar", "ar"),
+                   help="ar or mar per level, e.g. ar,ar,ar or mar,ar,mar,ar (the last entry is unused, as upstream)")
+    f.add_argument("--embed-dim-list", type=parse_scales, default=(256, 128, 64), help="width of each level")
+    f.add_argument("--num-blocks-list", type=parse_scales, default=(6, 3, 2), help="depth of each level")
+    f.add_argument("--num-heads-list", type=parse_scales, default=(8, 4, 4), help="attention heads of each level")
+    f.add_argument("--num-conds", type=int, default=5,
+                   help="conditions a MAR level passes down (5 = with the four neighbours'; 1 for a MAR under an AR)")
+    f.add_argument("--guiding-pixel", action=argparse.BooleanOptionalAction, default=False,
+                   help="MAR levels below the top first draw the patch's mean colour")
+    f.add_argument("--r-weight", type=float, default=5.0, help="weight of the red channel in the pixel loss")
+    f.add_argument("--cond-drop", type=float, default=0.1, help="class dropout rate (for CFG)")
     return p
 
 
