@@ -70,7 +70,7 @@ ALLOW_LOCAL = os.environ.get("EDIFICE_ALLOW_LOCAL") == "1"
 PACES = {"as fast as it computes": 0.0, "0.1 s per step": 0.1, "0.25 s per step": 0.25, "0.5 s per step": 0.5,
          "1 s per step": 1.0, "2 s per step": 2.0}
 # widget slots the page maps a family's controls onto, by control kind
-SLOTS = {"number": 10, "choice": 4, "bool": 3, "multi": 2}
+SLOTS = {"number": 12, "choice": 4, "bool": 3, "multi": 2}
 SLOT_OF = {"int": "number", "float": "number", "choice": "choice", "bool": "bool", "multi": "multi"}
 WORKDIR = Path(tempfile.mkdtemp(prefix="edifice-app-"))  # animations, PNGs, thumbnails; removed with their run
 atexit.register(shutil.rmtree, WORKDIR, ignore_errors=True)
@@ -280,6 +280,7 @@ class Run:
     num_steps: int = 0
     done: bool = False
     stopped: bool = False
+    limited: bool = False  # stopped at EDIFICE_MAX_SECONDS
     started: float = field(default_factory=time.perf_counter)
     folder: Path = field(default_factory=lambda: WORKDIR / uuid.uuid4().hex)
     files: tuple = (None, None, None)
@@ -438,12 +439,18 @@ def _duration(seconds: float) -> str:
 
 
 def stream_run(pipe, run: Run, labels, settings, progress=None):
-    """Drive one generation, recording every step in ``run``; yields (step record, frame or None)."""
+    """Drive one generation, recording every step in ``run``; yields (step record, frame or None). A run that
+    passes EDIFICE_MAX_SECONDS is stopped (``run.limited``): no visitor holds the generation slot longer, even
+    with a family that cannot estimate its time beforehand."""
     ACTIVE["runs"] += 1
+    limit = max_seconds(pipe)
     try:
         last = None
         for step in pipe.stream(labels=labels, batch_size=run.num_images, seed=run.seed, **settings):
             if run.stopped:
+                break
+            if time.perf_counter() - run.started > limit:
+                run.stopped = run.limited = True
                 break
             frame = run.add(pipe, step)
             last = step
@@ -503,6 +510,11 @@ def run_generation(model, class_name, seed, randomize_seed, num_images, settings
         info = (f"done in {total:.2f} s · seed {seed} · {pipe.device.type} / "
                 f"{str(pipe.dtype).removeprefix('torch.')} · {len(run.frames)} {pipe.step_name}s on the timeline")
         yield (*(gr.update(),) * 7, timings(run), *run.files, info)
+    elif run.limited:
+        files = save_outputs(run) if run.images else (None, None, None)
+        yield (*(gr.update(),) * 7, timings(run), *files,
+               f"stopped at {pipe.step_name} {len(run.frames)}/{run.num_steps}: this app allows "
+               f"{_duration(max_seconds(pipe))} per generation (EDIFICE_MAX_SECONDS); lower the steps or images")
 
 
 def generate_page(model, class_name, seed, randomize_seed, num_images, pace, slots, request, progress):
@@ -683,9 +695,11 @@ def select_model(spec, progress=gr.Progress()):
     pipe = load(spec, progress)
     size = f"{pipe.image_size}×{pipe.image_size} px" if pipe.image_size else ""
     info = (f"**{check_spec(spec)}** · {pipe.family} · {size} · {pipe.num_classes} classes · "
-            f"{pipe.device.type} / {str(pipe.dtype).removeprefix('torch.')}")
+            f"{pipe.device.type} / {str(pipe.dtype).removeprefix('torch.')} · at most "
+            f"{_duration(max_seconds(pipe))} per generation")
     classes = class_choices(pipe)
-    legend = f"**Tokens** — {pipe.legend}"
+    legend = f"**Tokens** — {pipe.legend}" + (f"  \n**Uncertainty** — {pipe.uncertainty_legend}"
+                                              if pipe.uncertainty_legend else "")
     defaults = {c.name: c.default for c in pipe.controls()}
     note = settings_note(spec, 1, [defaults.get(c.name) if c is not None else None for c in slot_controls(pipe)])
     return (info, gr.update(choices=classes, value=showcase_class(pipe)), legend,
@@ -769,10 +783,6 @@ def build_demo() -> gr.Blocks:
                     gr.Markdown("The model box takes a preset or a Hub repo id (org/name) holding an edifice "
                                 "checkpoint. Watch speed paces the display only: the run computes at full speed "
                                 "and its timings stay true.", elem_classes="legend")
-                    gr.Markdown("**Uncertainty** — per token: the probability of the drawn token (VAR-like "
-                                "families), the entropy of positions still being decided (masked families), or "
-                                "when a token was drawn (continuous tokens); dark = not shown. Purple 0 → yellow 1.",
-                                elem_classes="legend")
                     with gr.Row():
                         candidates = gr.Label(label="Candidates at the clicked token", num_top_classes=8,
                                               elem_id="candidates")

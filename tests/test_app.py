@@ -1,7 +1,8 @@
 """The Gradio app, launched on 127.0.0.1 in this process, driven by gradio_client, raw HTTP and Debian's chromium.
 
 The app serves small presets (tests/tiny_models.py): random-weight tiny-var (4 scales) and tiny-mar (64 tokens),
-and tiny-mar-diffusion (the golden official-format MAR, 16 tokens), so every run is fast on a CPU. Screenshots of
+tiny-mar-diffusion (the golden official-format MAR, 16 tokens) and the golden tiny Halton-MaskGIT, LlamaGen and
+FractalMAR, so every run is fast on a CPU. Screenshots of
 the page land in test-results/.
 """
 
@@ -11,6 +12,7 @@ import json
 import os
 import shutil
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,7 +34,7 @@ UNCHANGED = {"__type__": "update"}  # gr.update(): the component keeps what it s
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    os.environ["EDIFICE_PRESETS"] = str(write_presets(tmp_path_factory.mktemp("presets")))
+    os.environ["EDIFICE_PRESETS"] = str(write_presets(tmp_path_factory.mktemp("presets"), all_families=True))
     os.environ["EDIFICE_DEFAULT_MODEL"] = "tiny-mar"
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     import app
@@ -255,6 +257,41 @@ def test_user_errors_print_no_traceback(app_url, capfd):
     assert "Traceback" not in out + err and "y" * 200 not in out + err
 
 
+def test_a_request_cannot_hold_the_generation_slot(client, monkeypatch):
+    """Fair use: a run is stopped at EDIFICE_MAX_SECONDS (what it made is kept and offered), and settings the
+    family can estimate beyond it are refused before any work, saying the limit."""
+    import app
+    from gradio_client.exceptions import AppError
+
+    monkeypatch.setenv("EDIFICE_MAX_SECONDS", "0.3")
+    outs = run(client, model="tiny-mar", seed=0, num_images=4, settings={"num_steps": 64})
+    assert outs[-1][INFO].startswith("stopped at step ") and "this app allows 0.3 s per generation" in outs[-1][INFO]
+    assert len(steps(outs)) < 64 and outs[-1][GIF] is not None and app.ACTIVE["runs"] == 0
+    with pytest.raises(AppError, match=r"would take about .* this app allows 0.3 s per generation"):
+        run(client, model="tiny-mar-diffusion", seed=0, settings={"num_steps": 16, "num_sampling_steps": 1000})
+
+
+def test_disk_stays_bounded(app_url, client):
+    """Every file the app writes lives in a run's folder, removed when the session's timeline drops the run;
+    Gradio's cached copies expire (delete_cache); uploads are capped at 10 MB."""
+    import app
+
+    folders = []
+    for seed in range(app.RUNS_PER_SESSION + 1):
+        run(client, model="tiny-var", seed=seed)
+        folders.append(app.TIMELINES.latest(client.session_hash)[0].folder)
+    assert not folders[0].exists() and all(f.exists() for f in folders[1:])
+    assert app.build_demo().delete_cache == (600, 3600)
+    boundary = "edificeboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + b"0" * (11 * 2 ** 20) + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(app_url + "gradio_api/upload", body,
+                                 {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == 413
+
+
 def test_compare_runs_both_on_one_queue(client):
     outs = run(client, "/compare", model_a="tiny-var", settings_a={"scales": [1, 2]}, model_b="tiny-mar",
                settings_b={"num_steps": 6}, class_name="1 · square", seed=3)
@@ -293,6 +330,26 @@ def test_four_clients_at_once_all_finish(app_url):
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         assert sorted(pool.map(one, range(4))) == [4, 4, 8, 8]
+
+
+@pytest.mark.parametrize("model, settings, records", [
+    ("tiny-maskgit", {"num_steps": 4}, 4),
+    ("tiny-llamagen", {"preview_every": 32}, 2),
+    ("tiny-fractalgen", {"num_iter_0": 2, "num_iter_1": 2}, 2),
+])
+def test_every_family_plays_through_the_one_interface(client, model, settings, records):
+    """The app names no family: the newer ones get their controls, stream, and fill the timeline like the rest."""
+    import app
+
+    shown = client.predict(model, api_name="/select_model")
+    pipe = app.MODELS.get(model)
+    assert shown[0].startswith(f"**{model}** · {pipe.family}")
+    visible = [u["label"] for u in shown[3: 3 + len(app.slot_controls(pipe))] if u.get("visible")]
+    assert visible == [c.label for kind in app.SLOTS for c in app.assign_slots(pipe.controls())[kind] if c]
+    outs = run(client, model=model, class_name="1 · class 1" if pipe.class_names is None else None, seed=0,
+               num_images=2, settings=settings)
+    assert len(steps(outs)) == records and "done in" in outs[-1][INFO]
+    assert png(outs[-1]).shape == (pipe.image_size, 2 * pipe.image_size + 4, 3)
 
 
 # -- the player, driven through its handlers (a browser session = a request's session_hash) --------------------

@@ -1,7 +1,8 @@
 """Small checkpoints for app tests, saved in the edifice format and registered as presets through an
 ``EDIFICE_PRESETS`` file, so the app loads them like any preset: random-weight tiny-var (4 scales) and tiny-mar
-(8x8 = 64 tokens), both 32 px with 3 classes, and tiny-mar-diffusion, the official-format golden MAR (4x4 = 16
-tokens, 64 px, 10 classes) converted."""
+(8x8 = 64 tokens), both 32 px with 3 classes, tiny-mar-diffusion, the official-format golden MAR (4x4 = 16
+tokens, 64 px, 10 classes) converted, and (``all_families=True``) the golden tiny Halton-MaskGIT, LlamaGen and
+FractalMAR converted."""
 
 import json
 from pathlib import Path
@@ -12,6 +13,8 @@ from edifice import MAR, VAR, VQVAE, MARConfig, MARPipeline, VARConfig, VARPipel
 from edifice.generative.mar_diffusion import DiffusionMARPipeline
 
 MAR_FIX = Path(__file__).parent / "fixtures" / "mar"
+ML_FIX = Path(__file__).parent / "fixtures" / "maskgit_llamagen"
+FG_FIX = Path(__file__).parent / "fixtures" / "fractalgen"
 
 CLASSES = ["circle", "square", "triangle"]
 
@@ -39,11 +42,36 @@ def tiny_mar_diffusion() -> DiffusionMARPipeline:
     return pipe
 
 
-def write_presets(folder: Path) -> Path:
+def golden_maskgit_llamagen(kind: str):
+    """The golden tiny Halton-MaskGIT (kind "maskgit") or LlamaGen GPT ("gpt") with the tiny VQ."""
+    from edifice.official_llamagen import load_official_llamagen
+    from edifice.official_maskgit import load_official_maskgit
+
+    config = json.loads((ML_FIX / "config.json").read_text())
+    vq = {**config["vq"]["model_args"], "ch": config["vq"]["encoder_decoder_ch"],
+          "num_res_blocks": config["vq"]["num_res_blocks"]}
+    if kind == "maskgit":
+        return load_official_maskgit(ML_FIX / "tiny_vq_ds16_c2i.pt", ML_FIX / "tiny_halton_maskgit.pth",
+                                     {"vq": vq, "maskgit": config["maskgit"]["constructor"]}, device="cpu")
+    return load_official_llamagen(ML_FIX / "tiny_vq_ds16_c2i.pt", ML_FIX / "tiny_c2i_gpt.pt",
+                                  {"vq": vq, "gpt": config["gpt"]["model_args"]}, device="cpu")
+
+
+def golden_fractalgen(name: str = "fmar3"):
+    from edifice.official_fractalgen import load_official_fractalgen
+
+    config = json.loads((FG_FIX / "config.json").read_text())["configs"][name]
+    return load_official_fractalgen(FG_FIX / config["checkpoint"], config["constructor"], device="cpu")
+
+
+def write_presets(folder: Path, all_families: bool = False) -> Path:
     """Save the checkpoints under ``folder`` and return a presets file naming them tiny-var / tiny-mar /
-    tiny-mar-diffusion."""
+    tiny-mar-diffusion (and with ``all_families`` tiny-maskgit / tiny-llamagen / tiny-fractalgen)."""
     entries = {}
     pipes = {"tiny-var": tiny_var(), "tiny-mar": tiny_mar(), "tiny-mar-diffusion": tiny_mar_diffusion()}
+    if all_families:
+        pipes.update({"tiny-maskgit": golden_maskgit_llamagen("maskgit"), "tiny-llamagen": golden_maskgit_llamagen(
+            "gpt"), "tiny-fractalgen": golden_fractalgen()})
     for name, pipe in pipes.items():
         pipe.save_pretrained(folder / name)
         entries[name] = {"kind": pipe.kind, "source": "folder", "path": str(folder / name),

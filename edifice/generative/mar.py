@@ -362,6 +362,8 @@ class MARPipeline(Pipeline):
     family = "MAR (discrete)"
     legend = ("Dark = still hidden; colour = confidence of the chosen token (purple 0 → yellow 1); white outline = "
               "revealed in this step.")
+    uncertainty_legend = ("The entropy (÷ log V) of the positions still being decided at this step, after CFG and "
+                          "temperature (purple certain → yellow uncertain); positions revealed earlier are dark.")
 
     def __init__(self, tokenizer: VQVAE, model: MAR, class_names: list[str] | None = None,
                  defaults: dict | None = None):

@@ -492,6 +492,8 @@ class VARPipeline(Pipeline):
     step_name = "scale"
     legend = ("The current scale's token map at its own resolution, one colour per code (a PCA of the codebook: "
               "similar codes, similar colours).")
+    uncertainty_legend = ("The probability of the drawn code at every position of this scale, after CFG and "
+                          "temperature (purple 0 → yellow 1).")
 
     def __init__(self, vae: VQVAE, var: VAR, class_names: list[str] | None = None, defaults: dict | None = None):
         if tuple(vae.cfg.patch_nums) != tuple(var.patch_nums):
