@@ -374,3 +374,43 @@ def test_family_interface():
     view = pipe.token_view(inner, target=64)
     assert view.size[1] == 64
     assert pipe.status(records[-1]).startswith("L0 4/4 · 256/256 pixels")
+
+
+def test_token_stats_show_the_pixel_heads_entropy_of_every_drawn_pixel():
+    pipe = pipeline("fmar3")
+    args = sampling_args(case_of("fmar3", "s1_cfg2.5_linear"))
+    records = list(pipe.stream(**args))
+    golden = load_file(FIX / "golden_sample.safetensors")["fmar3.s1_cfg2.5_linear.image_uint8"]
+    assert torch.equal(records[-1].tokens, golden)  # computing the statistics leaves the draws alone
+    assert pipe.uncertainty_legend
+    for rec in (records[1], records[-1]):
+        stats = pipe.token_stats(rec)
+        B, H, W = rec.known.shape
+        assert stats.grid == (H, W) and stats.top_ids.shape == (B, H * W, 0)
+        known = rec.known.flatten(1)
+        assert torch.equal(stats.heat.isnan(), ~known) and torch.equal(stats.entropy.isnan(), ~known)
+        assert (stats.heat[known] >= 0).all() and (stats.heat[known] <= 1).all()
+        this = (pipe.level_map(rec) == 3).flatten(1)
+        assert torch.equal(stats.drawn >= 0, this) and this.any()
+        ids = rec.tokens.long().flatten(2)
+        assert torch.equal(stats.drawn[this], (ids[:, 0] * 65536 + ids[:, 1] * 256 + ids[:, 2])[this])
+        assert ((stats.drawn_prob[this] > 0) & (stats.drawn_prob[this] <= 1)).all()
+        assert stats.drawn_prob[~this].isnan().all()
+    b, n = this.nonzero()[0].tolist()
+    info = stats.inspect(b, n // W, n % W)
+    r, g, bl = rec.tokens[b, :, n // W, n % W].tolist()
+    assert info["drawn"] == f"#{r:02x}{g:02x}{bl:02x}" and info["candidates"] == {}
+    assert edifice.render.uncertainty_view(stats, target=64).size == (B * 64 + (B - 1) * 4, 64)
+
+
+def test_token_stats_measure_the_distributions_sampled():
+    """Temperature multiplies the logits: near 0 every colour is equally likely (entropy 3 log 256, the drawn
+    one has probability 256^-3); very large, the draws are certain (entropy 0, probability 1) except where two
+    values of the random weights' logits all but tie."""
+    pipe = pipeline("far3")
+    flat, sharp = (pipe.token_stats(list(pipe.stream(labels=[1], seed=0, temperature=t))[-1]) for t in (1e-6, 1e6))
+    drawn = flat.drawn >= 0
+    assert drawn.any() and torch.equal(drawn, sharp.drawn >= 0)
+    assert flat.entropy.numpy() == pytest.approx(3 * np.log(256), abs=1e-3)
+    assert flat.drawn_prob[drawn].numpy() == pytest.approx(256.0 ** -3, rel=1e-2)
+    assert (sharp.entropy < 1e-3).float().mean() > 0.95 and (sharp.drawn_prob[drawn] > 0.999).float().mean() > 0.95

@@ -47,7 +47,7 @@ from torch import nn
 
 from .. import render as draw
 from ..errors import EdificeError
-from ..pipeline import Control, Pipeline, new_seed, resolve_labels
+from ..pipeline import Control, Pipeline, TokenStats, new_seed, resolve_labels
 from .blocks import Block, KVCache
 from .mar_diffusion import mask_lengths
 
@@ -268,11 +268,14 @@ class PixelLoss(nn.Module):
         return loss
 
     def sample(self, cond_RC: torch.Tensor, temperature: float, cfg: float, filter_threshold: float,
-               rng: torch.Generator | None) -> torch.Tensor:
+               rng: torch.Generator | None, return_stats: bool = False):
         """Pixel ids ``[N, 3]`` (long), R then G then B, one token per channel through KV caches. With ``cfg
         != 1`` the rows are [conditional; unconditional] and N is half of them. Per channel, as the official
         ``sample``: its rounding noise is drawn (it cannot change an id, but it moves the generator), logits
-        times ``temperature``, CFG with the conditional-probability filter, one multinomial draw."""
+        times ``temperature``, CFG with the conditional-probability filter, one multinomial draw.
+        ``return_stats``: also the entropy ``[N]`` (nats) of the colour's distribution along the drawn path,
+        H(R) + H(G | r) + H(B | r, g), and the log-probability ``[N]`` of the drawn colour, both of the
+        distributions the draws came from."""
         R = cond_RC.shape[0]
         guided = not cfg == 1.0
         N = R // 2 if guided else R
@@ -281,6 +284,7 @@ class PixelLoss(nn.Module):
         caches = [KVCache(R, heads, 3, W // heads, dtype, device) for _ in self.blocks]
         token = self.cond_proj(cond_RC.to(dtype))
         ids = torch.empty(N, 3, dtype=torch.long, device=device)
+        entropy, logprob = torch.zeros(N, device=device), torch.zeros(N, device=device)
         for i in range(3):
             torch.randn((R, 3), generator=rng, device=device)  # the official predict's rounding noise
             x = self.ln(token)[:, None]
@@ -294,9 +298,13 @@ class PixelLoss(nn.Module):
                 uncond = torch.where(filtered, torch.maximum(uncond, floor), uncond)
                 logits = uncond + cfg * (cond - uncond)
             ids[:, i] = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=rng)[:, 0]
+            if return_stats:
+                logp = logits.log_softmax(-1)
+                entropy -= (logp.exp() * logp).nan_to_num(0.0).sum(-1)
+                logprob += logp.gather(1, ids[:, i:i + 1])[:, 0]
             if i < 2:
                 token = self.codebooks[i](ids[:, i].repeat(2) if guided else ids[:, i])
-        return ids
+        return (ids, entropy, logprob) if return_stats else ids
 
 
 class MAR(nn.Module):
@@ -637,6 +645,8 @@ class FractalGenStep:
     path: tuple[tuple[int, int], ...]  # (step, steps) of each level from the top down to ``level``
     cfg: float  # guidance of this record's top-level step
     temperature: float
+    entropy: torch.Tensor  # [B, H, W] the pixel head's entropy (nats) of each drawn colour, nan where undrawn
+    logprob: torch.Tensor  # [B, H, W] log-probability of each drawn colour, nan where undrawn
 
     @property
     def final(self) -> bool:
@@ -685,6 +695,8 @@ class _Sampler:
         H = self.cfg.img_size
         self.ids = torch.zeros(B, 3, H, H, dtype=torch.uint8, device=device)
         self.known = torch.zeros(B, H, H, dtype=torch.bool, device=device)
+        self.entropy = torch.full((B, H, H), torch.nan, device=device)  # the pixel head's, per drawn pixel
+        self.logprob = torch.full((B, H, H), torch.nan, device=device)
         g = math.isqrt(self.cfg.seq_len(0))
         self.done = torch.zeros(B, g, g, dtype=torch.bool, device=device)
         self.filled = torch.zeros_like(self.done)
@@ -697,10 +709,12 @@ class _Sampler:
 
     def level(self, l: int, conds: list[torch.Tensor], cfg: float, schedule: str, place_N3: torch.Tensor):
         if l == len(self.levels) - 1:
-            ids = self.levels[l].sample(conds[0], self.temperature, cfg, self.filter, self.rng)
+            ids, entropy, logprob = self.levels[l].sample(conds[0], self.temperature, cfg, self.filter, self.rng,
+                                                          return_stats=True)
             b, y, x = place_N3.unbind(1)
             self.ids[b, :, y, x] = ids.to(torch.uint8)
             self.known[b, y, x] = True
+            self.entropy[b, y, x], self.logprob[b, y, x] = entropy, logprob
             if l <= self.depth:
                 yield l
             return self.normalized(ids)[:, :, None, None]
@@ -829,7 +843,8 @@ def stream_pixels(model: FractalGen, *, labels=None, batch_size: int = 1, num_it
         yield FractalGenStep(step=run.path[0][0], num_steps=steps[0], tokens=run.ids.clone(), image=image,
                              seconds=now - t0, labels=label_B, seed=seed, canvas=canvas, known=run.known.clone(),
                              done=run.done.clone(), filled=run.filled.clone(), level=level,
-                             path=tuple(run.path[:level + 1]), cfg=run.top_cfg, temperature=float(temperature))
+                             path=tuple(run.path[:level + 1]), cfg=run.top_cfg, temperature=float(temperature),
+                             entropy=run.entropy.clone(), logprob=run.logprob.clone())
         t0 = now
 
 
@@ -867,6 +882,8 @@ class FractalGenPipeline(Pipeline):
     step_name = "level-0 step"
     legend = ("Level map at pixel resolution: dark = not started; grey = top-level patches done before this step; "
               "orange = patches of this step still being drawn; white = pixels drawn in this step.")
+    uncertainty_legend = ("How unsure the pixel head was of each pixel drawn so far: the entropy of its colour's "
+                          "distribution (R, then G, then B) ÷ its maximum 3 log 256; dark = not drawn yet.")
 
     def __init__(self, tokenizer: PixelTokenizer, model: FractalGen, class_names: list[str] | None = None,
                  defaults: dict | None = None):
@@ -947,3 +964,22 @@ class FractalGenPipeline(Pipeline):
     def token_view(self, step: FractalGenStep, target: int = 256):
         colours = LEVEL_COLOURS.to(step.known.device)[self.level_map(step).long()]
         return draw.image_grid(colours.permute(0, 3, 1, 2), target)
+
+    def token_stats(self, step: FractalGenStep) -> TokenStats:
+        """Per pixel: the pixel head's entropy of every colour drawn so far (the heat) and, for the pixels drawn
+        in this top-level step, the colour (``#rrggbb``) and its probability. No candidates (k = 0): a colour is
+        three draws in turn, each channel's list depending on the channels drawn before it, so there is no one
+        list of alternatives to rank; the entropy and probability come from the distributions sampled (after
+        CFG and temperature)."""
+        B, H, W = step.known.shape
+        this = self.level_map(step) == 3
+        ids = step.tokens.long()
+        colour = torch.where(this, ids[:, 0] << 16 | ids[:, 1] << 8 | ids[:, 2], -1)
+        drawn_prob = torch.where(this, step.logprob.exp(), torch.nan)
+        empty = torch.zeros(B, H * W, 0)
+        return TokenStats((H, W), empty.long(), empty, colour.flatten(1).cpu(), drawn_prob.flatten(1).float().cpu(),
+                          step.entropy.flatten(1).float().cpu(),
+                          (step.entropy / (3 * math.log(256))).clamp(0, 1).flatten(1).float().cpu(),
+                          "entropy of the colour / 3 log 256",
+                          "the pixel head's distributions after CFG and temperature; a colour is drawn R, then G, "
+                          "then B, so there is no single list of candidates", token_names=lambda i: f"#{i:06x}")
