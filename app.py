@@ -9,8 +9,8 @@ one step is called, its status line, its token view and what it believed at ever
 switches, lists), so a new family needs no change here.
 
 The player: every run's steps are kept on the server for that browser session (bounded: MAX_FRAMES frames
-per run, RUNS_PER_SESSION runs per session, MAX_SESSIONS sessions, and EDIFICE_TIMELINE_MB of frames in all;
-the oldest sessions go first). A timeline scrubs through them during and after the run, Play replays it, the
+per run, token statistics for the first RUN_BYTES of a run, RUNS_PER_SESSION runs per session, MAX_SESSIONS
+sessions, and EDIFICE_TIMELINE_MB of frames in all; the oldest sessions go first). A timeline scrubs through them during and after the run, Play replays it, the
 watch speed paces the display only (the run itself goes as fast as it computes and its timings stay true),
 clicking a token shows the model's candidates there, and Compare runs two settings side by side.
 
@@ -59,6 +59,7 @@ MAX_LOADED = 2  # pipelines kept in memory
 MAX_FRAMES = 1024  # steps stored per run; later steps still stream but are not kept for the timeline
 RUNS_PER_SESSION = 3  # the latest run and a comparison's two
 MAX_SESSIONS = 32
+RUN_BYTES = 256 * 2 ** 20  # a run's token statistics stop being kept past this (FractalGen's are per pixel)
 TIMELINE_BYTES = int(float(os.environ.get("EDIFICE_TIMELINE_MB", "512")) * 2 ** 20)
 MAX_SPEC_CHARS = 200
 SEED_MAX = 2 ** 63 - 1
@@ -74,6 +75,7 @@ SLOTS = {"number": 12, "choice": 4, "bool": 3, "multi": 2}
 SLOT_OF = {"int": "number", "float": "number", "choice": "choice", "bool": "bool", "multi": "multi"}
 WORKDIR = Path(tempfile.mkdtemp(prefix="edifice-app-"))  # animations, PNGs, thumbnails; removed with their run
 atexit.register(shutil.rmtree, WORKDIR, ignore_errors=True)
+ASSETS = Path(__file__).parent / "assets"
 CSS = """
 #live img, #tokens img, #uncertainty img, #live-a img, #live-b img, #tokens-a img, #tokens-b img,
 .filmstrip img { image-rendering: pixelated; }
@@ -284,9 +286,10 @@ class Run:
     started: float = field(default_factory=time.perf_counter)
     folder: Path = field(default_factory=lambda: WORKDIR / uuid.uuid4().hex)
     files: tuple = (None, None, None)
+    bytes: int = 0  # memory its frames and images take
 
     def nbytes(self) -> int:
-        return sum(f.nbytes() for f in self.frames) + sum(i.nbytes for i in self.images)
+        return self.bytes
 
     def add(self, pipe, step) -> Frame | None:
         """Record one step record (image, token view, stats); returns the frame, or None past MAX_FRAMES."""
@@ -294,6 +297,7 @@ class Run:
         if step.image is not None:
             grid = np.asarray(render.image_grid(step.image, target=1))
             self.images.append(grid)
+            self.bytes += grid.nbytes
             self.folder.mkdir(parents=True, exist_ok=True)
             thumb = self.folder / f"thumb{len(self.frames):04d}.png"
             Image.fromarray(grid).resize(_fit(grid, 96), Image.NEAREST).save(thumb)
@@ -302,8 +306,10 @@ class Run:
             return None
         buf = io.BytesIO()
         pipe.token_view(step).save(buf, format="PNG", compress_level=1)
-        frame = Frame(pipe.status(step), step.seconds, len(self.images) - 1, buf.getvalue(), pipe.token_stats(step))
+        stats = pipe.token_stats(step) if self.nbytes() < RUN_BYTES else None  # past the bound: pictures only
+        frame = Frame(pipe.status(step), step.seconds, len(self.images) - 1, buf.getvalue(), stats)
         self.frames.append(frame)
+        self.bytes += frame.nbytes()
         return frame
 
     def cleanup(self):
@@ -484,16 +490,20 @@ def generate_api(model=None, class_name="random", seed=0, randomize_seed=False, 
 
 
 def run_generation(model, class_name, seed, randomize_seed, num_images, settings, pace, request, progress,
-                   slots=None):
-    """The run behind /generate and the page's Generate (which sends its ``slots`` instead of ``settings``)."""
+                   slots=None, edit=None):
+    """The run behind /generate, /edit and the page's Generate and Edit (which send their ``slots`` instead of
+    ``settings``). ``edit``: (image, mask, region) as :func:`edit_inputs` takes them."""
     yield CLEARED  # a new run clears the last one's outputs, also when it fails below
     if slots is not None:
         settings = settings_from_slots(load(model), slots)
     pipe, labels, seed, n, settings, seconds = prepare(model, class_name, seed, randomize_seed, num_images,
                                                        settings, progress)
+    if edit is not None:
+        settings = {**settings, **edit_inputs(pipe, *edit)}
     run = TIMELINES.start(session_of(request), Run(check_spec(model), pipe.family, pipe.step_name, seed, n))
     wait = f" · expected wait ≈ {_duration(seconds)}" if seconds is not None and seconds > 1 else ""
-    yield (*(gr.update(),) * 11, f"starting {pipe.family} · seed {seed}{wait}")
+    what = "editing with" if edit is not None else "starting"
+    yield (*(gr.update(),) * 11, f"{what} {pipe.family} · seed {seed}{wait}")
     for step, frame in stream_run(pipe, run, labels, settings, progress):
         k = len(run.frames)
         info = (f"computed {step.step + 1}/{step.num_steps} {pipe.step_name}s in "
@@ -540,6 +550,97 @@ def zero_gpu_seconds(model=None, class_name=None, seed=None, randomize_seed=None
 
 if spaces is not None:  # ZeroGPU: a GPU is attached for the duration of each generation only
     generate_api = spaces.GPU(duration=zero_gpu_seconds)(generate_api)
+
+
+# -- editing ------------------------------------------------------------------------------------------------
+REGIONS = ("painted", "centre", "all but the centre", "left half", "right half", "top half", "bottom half")
+
+
+def region_mask(region: str, size: int) -> np.ndarray:
+    """A named region to regenerate as a [size, size] 0/1 mask (the centre: the middle half of each side)."""
+    m, h, q = np.zeros((size, size), np.float32), size // 2, size // 4
+    if region == "centre":
+        m[q:size - q, q:size - q] = 1
+    elif region == "all but the centre":
+        m[:] = 1
+        m[q:size - q, q:size - q] = 0
+    elif region in ("left half", "right half"):
+        m[:, :h] = region == "left half"
+        m[:, h:] = region == "right half"
+    elif region in ("top half", "bottom half"):
+        m[:h] = region == "top half"
+        m[h:] = region == "bottom half"
+    else:
+        fail(f"the region must be one of {', '.join(REGIONS)}; got {short(repr(region), 40)}.")
+    return m
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any image file's pixels as 8-bit RGB: 16-bit scaled, alpha composited on white, greyscale repeated."""
+    if img.mode in ("I;16", "I;16B", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray((arr / (65535.0 if arr.max() > 255 else 255.0) * 255).clip(0, 255).astype(np.uint8))
+    img = img.convert("RGBA")
+    white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, img).convert("RGB")
+
+
+def fit(img: Image.Image, size: int, resample=Image.BICUBIC) -> Image.Image:
+    """The centred square of an image, resized to ``size`` (the model's)."""
+    side = min(img.size)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    return img.crop((left, top, left + side, top + side)).resize((size, size), resample)
+
+
+def edit_inputs(pipe, image, mask, region) -> dict:
+    """``image=`` and ``mask=`` for ``pipe.stream``: the picture cropped to a square and resized to the model's
+    size, and the mask (1 = regenerate) from the painted brush layer or a named region; refused before any
+    work when the family cannot edit or an input is missing. ``image`` may be an ImageEditor value (a dict with
+    its background and layers) or an image."""
+    if not pipe.can_edit:
+        fail(f"{pipe.family} cannot edit images yet; pick a model whose family can (VAR, MAR).")
+    layers = []
+    if isinstance(image, dict):
+        layers = [x for x in image.get("layers") or [] if x is not None]
+        image = image.get("background") if image.get("background") is not None else image.get("composite")
+    if not isinstance(image, Image.Image):
+        fail("upload an image to edit, or press 'Use the last image'.")
+    if max(image.size) > 4096:
+        fail(f"the image is {image.width}x{image.height}; images up to 4096 px a side can be edited.")
+    size = pipe.image_size
+    picture = fit(to_rgb(image), size)
+    if region != "painted":
+        return {"image": picture, "mask": region_mask(region, size)}
+    if isinstance(mask, Image.Image):
+        layers = [mask]
+    painted = np.zeros(image.size[::-1], bool)
+    for layer in layers:
+        alpha = np.asarray(layer.getchannel("A") if "A" in layer.getbands() else layer.convert("L"))
+        if alpha.shape != painted.shape:
+            fail(f"the mask is {alpha.shape[1]}x{alpha.shape[0]} but the image {image.width}x{image.height}; "
+                 "paint on the image itself.")
+        painted |= alpha > 0
+    if not painted.any():
+        fail("nothing is painted: paint the region to regenerate with the brush, or choose a region.")
+    m = fit(Image.fromarray(painted.astype(np.uint8) * 255), size, Image.BOX)
+    return {"image": picture, "mask": (np.asarray(m) > 0).astype(np.float32)}
+
+
+def last_image(request: gr.Request = None):
+    """The last run's final image, into the editor."""
+    run = current_run(request)
+    if run is None or not run.done:
+        fail("generate an image first, or upload one.")
+    return {"background": run.files[2], "layers": [], "composite": run.files[2]}
+
+
+def edit_api(model=None, class_name="unconditional", seed=0, num_images=1, settings=None, image=None, mask=None,
+             region="painted", request: gr.Request = None, progress=gr.Progress()):
+    """/edit: regenerate part of ``image`` and keep the rest, streamed like /generate. ``mask``: an image whose
+    painted (opaque, or non-black) pixels are regenerated, or ``region`` one of REGIONS. The class edits
+    (``class_name``); "unconditional" is plain in/outpainting."""
+    yield from run_generation(model, class_name, seed, False, num_images, settings, 0.0, request, progress,
+                              edit=(image, mask, region))
 
 
 # -- the player -----------------------------------------------------------------------------------------------
@@ -764,8 +865,8 @@ def build_demo() -> gr.Blocks:
                             else:
                                 slots.append(gr.CheckboxGroup(["-"], value=[], label=f"list {i}", visible=False))
                     note = gr.Markdown(elem_id="settings-note")
-            with gr.Column(scale=3):
-                with gr.Tab("Watch"):
+            with gr.Column(scale=3), gr.Tabs() as tabs:
+                with gr.Tab("Watch", id="watch"):
                     with gr.Row():
                         live = gr.Image(label="Live", type="pil", format="png", height=280, interactive=False,
                                         elem_id="live")
@@ -795,7 +896,24 @@ def build_demo() -> gr.Blocks:
                         gif = gr.File(label="Animation (GIF)")
                         webp = gr.File(label="Animation (WebP)")
                         png = gr.File(label="Final image (PNG)")
-                with gr.Tab("Compare"):
+                with gr.Tab("Edit", id="edit"):
+                    gr.Markdown("Upload an image (or take the last one generated), paint what to regenerate with "
+                                "the brush or choose a region, pick a class (or unconditional for plain in- and "
+                                "outpainting) and press **Edit**: the edit streams in the Watch tab. The image is "
+                                "cropped to a square and resized to the model's size; a token is regenerated "
+                                "when any of its pixels is painted.")
+                    edit_image = gr.ImageEditor(type="pil", label="Image (paint what to regenerate)", height=320,
+                                                layers=False, sources=["upload", "clipboard"], elem_id="editor",
+                                                brush=gr.Brush(colors=["#ff3355"], color_mode="fixed",
+                                                               default_size=12))
+                    with gr.Row():
+                        region = gr.Radio(list(REGIONS), value="painted", label="Region to regenerate")
+                    with gr.Row():
+                        use_last = gr.Button("Use the last image")
+                        edit_btn = gr.Button("Edit", variant="primary")
+                    gr.Examples([[str(p), "centre"] for p in sorted((ASSETS / "examples").glob("*.png"))],
+                                [edit_image, region], label="Examples (made by the bundled models)")
+                with gr.Tab("Compare", id="compare"):
                     gr.Markdown("Set a model and settings, press **Use these settings as run A**, change the "
                                 "model or any setting for run B, then **Compare**. Both runs use the class, "
                                 "seed and images on the left, go through the one generation queue, and share "
@@ -825,6 +943,9 @@ def build_demo() -> gr.Blocks:
         api_go = gr.Button(visible=False)
         api_compare = gr.Button(visible=False)
         api_settings_b, api_model_b = gr.JSON(visible=False), gr.Textbox(visible=False)
+        api_edit = gr.Button(visible=False)
+        api_image, api_mask = gr.Image(type="pil", visible=False), gr.Image(type="pil", visible=False)
+        api_region = gr.Textbox("painted", visible=False)
 
         run_outputs = [live, tokens, uncertainty, status, numbers, timeline, gallery, timings_df, gif, webp, png,
                        run_info]
@@ -834,7 +955,7 @@ def build_demo() -> gr.Blocks:
         demo.load(select_model, model, selected, api_visibility="private", show_progress_on=info)
         # the page's handlers take their inputs as one dict (a set of components), so that the slots can be any
         # number and Gradio still passes the request (the browser session) by annotation
-        page = {model, class_name, seed, randomize, num_images, pace, pinned, *slots}
+        page = {model, class_name, seed, randomize, num_images, pace, pinned, edit_image, region, *slots}
 
         def values(d):
             return [d[c] for c in slots]
@@ -842,6 +963,14 @@ def build_demo() -> gr.Blocks:
         def on_generate(d, request: gr.Request, progress=gr.Progress()):
             yield from generate_page(d[model], d[class_name], d[seed], d[randomize], d[num_images], d[pace],
                                      values(d), request, progress)
+
+        def on_edit(d, request: gr.Request, progress=gr.Progress()):
+            for j, out in enumerate(run_generation(d[model], d[class_name], d[seed], d[randomize], d[num_images],
+                                                   None, PACES.get(d[pace], 0.0), request, progress,
+                                                   slots=values(d), edit=(d[edit_image], None, d[region]))):
+                pace_on = PACES.get(d[pace], 0.0) > 0 and j == 1
+                yield (*out, gr.Timer(value=PACES.get(d[pace]), active=True) if pace_on else gr.update(),
+                       gr.Tabs(selected="watch") if j == 0 else gr.update())
 
         def on_compare(d, request: gr.Request, progress=gr.Progress()):
             yield from compare_page(d[pinned], d[model], d[class_name], d[seed], d[num_images], values(d), request,
@@ -854,9 +983,15 @@ def build_demo() -> gr.Blocks:
         run = go.click(on_generate, page,
                        [*run_outputs, timer], api_visibility="private", concurrency_id="gpu", concurrency_limit=1,
                        show_progress_on=run_info)
+        edit_run = edit_btn.click(on_edit, page, [*run_outputs, timer, tabs], api_visibility="private",
+                                  concurrency_id="gpu", concurrency_limit=1, show_progress_on=run_info)
+        use_last.click(last_image, None, edit_image, api_visibility="private")
+        api_edit.click(edit_api, [model, class_name, seed, num_images, api_settings, api_image, api_mask, api_region],
+                       run_outputs, api_name="edit", concurrency_id="gpu", concurrency_limit=1)
         api_go.click(generate_api, [model, class_name, seed, randomize, num_images, api_settings], run_outputs,
                      api_name="generate", concurrency_id="gpu", concurrency_limit=1, show_progress_on=run_info)
-        stop.click(stop_run, None, [run_info, gif, webp, png, timer], cancels=[run], api_visibility="private")
+        stop.click(stop_run, None, [run_info, gif, webp, png, timer], cancels=[run, edit_run],
+                   api_visibility="private")
         timeline.input(show_frame, timeline, [*view, timer], api_visibility="private", show_progress="hidden")
         timer.tick(tick, timeline, [*view, timeline, timer], api_visibility="private", show_progress="hidden",
                    concurrency_limit=None)

@@ -277,6 +277,7 @@ class Pipeline:
     step_name: str = "step"  # what one streamed record is called: "scale", "step", ...
     legend: str = ""  # how to read token_view, one or two sentences
     uncertainty_legend: str = ""  # what the uncertainty view (TokenStats.heat) shows, one sentence
+    can_edit: bool = False  # stream() takes image= and mask= (see edifice.editing)
 
     def __init__(self, tokenizer: nn.Module, model: nn.Module, class_names: list[str] | None = None,
                  defaults: dict | None = None):

@@ -292,6 +292,48 @@ def test_disk_stays_bounded(app_url, client):
     assert e.value.code == 413
 
 
+EXAMPLE = sorted((Path(__file__).resolve().parents[1] / "assets" / "examples").glob("*.png"))[0]
+
+
+def test_edit_streams_with_a_region_or_a_painted_mask(client, tmp_path):
+    """/edit takes an image (cropped and resized to the model's size) and a mask image or a named region, and
+    streams like /generate; the kept tokens are the image's own (checked per family in test_editing.py)."""
+    import app
+    from gradio_client import handle_file
+
+    outs = run(client, "/edit", model="tiny-var", class_name="2 · triangle", seed=0, image=handle_file(str(EXAMPLE)),
+               region="all but the centre")
+    assert [s.split(" · ")[0] for s in steps(outs)] == [f"scale {k}/4" for k in range(1, 5)]
+    assert outs[1][INFO].startswith("editing with VAR") and "done in" in outs[-1][INFO]
+    wide = Image.new("RGBA", (96, 64), (0, 0, 0, 0))  # not square: cropped to its centre like the image
+    wide.paste((255, 0, 0, 255), (40, 20, 56, 44))
+    wide.save(tmp_path / "mask.png")
+    Image.open(EXAMPLE).convert("RGB").resize((96, 64)).save(tmp_path / "wide.png")
+    outs = run(client, "/edit", model="tiny-mar", seed=1, image=handle_file(str(tmp_path / "wide.png")),
+               mask=handle_file(str(tmp_path / "mask.png")), settings={"num_steps": 4})
+    assert len(steps(outs)) == 4
+    pipe = app.MODELS.get("tiny-mar")
+    edit = app.edit_inputs(pipe, Image.open(tmp_path / "wide.png"), Image.open(tmp_path / "mask.png"), "painted")
+    assert edit["image"].size == (32, 32) and edit["mask"].shape == (32, 32)
+    rows, cols = np.nonzero(edit["mask"])  # the 16x24 px square at (40, 20) of 96x64, cropped by 16 and halved
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (10, 21, 12, 19)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(model="tiny-var", region="painted"), "upload an image to edit"),
+    (dict(model="tiny-var", with_image=True, region="painted"), "nothing is painted"),
+    (dict(model="tiny-var", with_image=True, region="middle"), "the region must be one of painted, centre"),
+    (dict(model="tiny-llamagen", with_image=True, region="centre"), "LlamaGen cannot edit images yet"),
+])
+def test_edit_refuses_before_any_work(client, kw, message):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    image = handle_file(str(EXAMPLE)) if kw.pop("with_image", False) else None
+    with pytest.raises(AppError, match=message):
+        run(client, "/edit", seed=0, image=image, **kw)
+
+
 def test_compare_runs_both_on_one_queue(client):
     outs = run(client, "/compare", model_a="tiny-var", settings_a={"scales": [1, 2]}, model_b="tiny-mar",
                settings_b={"num_steps": 6}, class_name="1 · square", seed=3)
@@ -410,7 +452,7 @@ def test_timelines_are_bounded(monkeypatch):
         store.start("s4", app.Run("m", "VAR", "scale", 0, 1))
     assert len(store.latest("s4", 10)) == app.RUNS_PER_SESSION
     big = store.latest("s2")[0]
-    big.images = [np.zeros((256, 256 * 4, 3), np.uint8)] * 2
+    big.bytes = 2 * 256 * 1024 * 3  # as two stored 256 px images of a 4-image batch
     monkeypatch.setattr(app, "TIMELINE_BYTES", big.nbytes() - 1)
     store.trim()
     assert "s2" not in store.sessions and "s4" in store.sessions and runs[4] not in store.latest("s4", 10)
@@ -539,6 +581,25 @@ def test_browser_watch_speed_shows_every_step_of_a_fast_run(app_url):
         page.get_by_role("button", name="Play").click()  # replay from the start
         page.wait_for_function("() => document.querySelector('#status textarea').value.startsWith('scale 1/4')",
                                timeout=10_000, polling=20)
+
+
+@needs_chromium
+def test_browser_paint_a_mask_and_watch_the_edit(app_url):
+    """Edit tab: take an example, paint a stroke with the brush, press Edit: the edit streams in the player."""
+    with browser_page(app_url, 1366, 1000, model="tiny-var") as page:
+        page.get_by_role("tab", name="Edit").click()
+        page.locator("tr", has=page.locator("img")).nth(1).click()  # the first example into the editor
+        page.wait_for_timeout(1500)
+        box = page.locator("#editor canvas").first.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.45)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.55, box["y"] + box["height"] * 0.55, steps=10)
+        page.mouse.up()
+        page.get_by_role("button", name="Edit", exact=True).click()
+        wait_done(page)
+        assert status_of(page).startswith("scale 4/4") and page.locator("#live img").count() == 1
+        assert "editing" not in page.locator("#run-info").inner_text()
+        page.screenshot(path=str(RESULTS / "app-edit.png"))
 
 
 @needs_chromium

@@ -364,6 +364,7 @@ class MARPipeline(Pipeline):
               "revealed in this step.")
     uncertainty_legend = ("The entropy (÷ log V) of the positions still being decided at this step, after CFG and "
                           "temperature (purple certain → yellow uncertain); positions revealed earlier are dark.")
+    can_edit = True
 
     def __init__(self, tokenizer: VQVAE, model: MAR, class_names: list[str] | None = None,
                  defaults: dict | None = None):

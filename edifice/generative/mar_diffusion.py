@@ -501,6 +501,7 @@ class DiffusionMARPipeline(Pipeline):
               "drawn in this step.")
     uncertainty_legend = ("When each token was drawn (purple first step → yellow last): the random order. Its "
                           "tokens are continuous vectors, so there are no candidates to rank.")
+    can_edit = True
     # On a CPU the authors' 256 x 100 steps take about 12 minutes for MAR-B (2 cores); the controls start at
     # (steps, diffusion steps) = (32, 25) there and at the authors' demo's 64 steps on a GPU (3.5 s on an H100
     # with CUDA graphs). The recommended values stay in ``defaults``; the help text names them.

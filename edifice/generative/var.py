@@ -494,6 +494,7 @@ class VARPipeline(Pipeline):
               "similar codes, similar colours).")
     uncertainty_legend = ("The probability of the drawn code at every position of this scale, after CFG and "
                           "temperature (purple 0 → yellow 1).")
+    can_edit = True
 
     def __init__(self, vae: VQVAE, var: VAR, class_names: list[str] | None = None, defaults: dict | None = None):
         if tuple(vae.cfg.patch_nums) != tuple(var.patch_nums):
