@@ -10,9 +10,10 @@ switches, lists), so a new family needs no change here.
 
 The player: every run's steps are kept on the server for that browser session (bounded: MAX_FRAMES frames
 per run, token statistics for the first RUN_BYTES of a run, RUNS_PER_SESSION runs per session, MAX_SESSIONS
-sessions, and EDIFICE_TIMELINE_MB of frames in all; the oldest sessions go first). A timeline scrubs through them during and after the run, Play replays it, the
-watch speed paces the display only (the run itself goes as fast as it computes and its timings stay true),
-clicking a token shows the model's candidates there, and Compare runs two settings side by side.
+sessions, and EDIFICE_TIMELINE_MB of frames in all; the oldest sessions go first). A timeline scrubs through
+them during and after the run, Play replays it, the watch speed paces the display only (the run itself goes as
+fast as it computes and its timings stay true), clicking a token shows the model's candidates there, Compare
+runs two settings side by side, and Edit regenerates part of an image, streamed the same way.
 
 Environment: EDIFICE_DEFAULT_MODEL (preset or Hub repo id shown first), EDIFICE_ALLOW_LOCAL=1 (same as
 --allow-local), EDIFICE_MAX_QUEUE (queue bound, default 16), EDIFICE_MAX_SECONDS (the longest generation a

@@ -260,8 +260,9 @@ def test_user_errors_print_no_traceback(app_url, capfd):
 def test_a_request_cannot_hold_the_generation_slot(client, monkeypatch):
     """Fair use: a run is stopped at EDIFICE_MAX_SECONDS (what it made is kept and offered), and settings the
     family can estimate beyond it are refused before any work, saying the limit."""
-    import app
     from gradio_client.exceptions import AppError
+
+    import app
 
     monkeypatch.setenv("EDIFICE_MAX_SECONDS", "0.3")
     outs = run(client, model="tiny-mar", seed=0, num_images=4, settings={"num_steps": 64})
@@ -298,8 +299,9 @@ EXAMPLE = sorted((Path(__file__).resolve().parents[1] / "assets" / "examples").g
 def test_edit_streams_with_a_region_or_a_painted_mask(client, tmp_path):
     """/edit takes an image (cropped and resized to the model's size) and a mask image or a named region, and
     streams like /generate; the kept tokens are the image's own (checked per family in test_editing.py)."""
-    import app
     from gradio_client import handle_file
+
+    import app
 
     outs = run(client, "/edit", model="tiny-var", class_name="2 · triangle", seed=0, image=handle_file(str(EXAMPLE)),
                region="all but the centre")
