@@ -566,6 +566,21 @@ def test_browser_scrub_click_token_and_gallery(app_url):
 
 
 @needs_chromium
+def test_browser_steps_above_the_maximum_get_one_message_and_no_run(app_url):
+    with browser_page(app_url, 1366, 900) as page:
+        box = page.get_by_label("Steps").first
+        box.fill("70")
+        box.press("Enter")
+        page.get_by_role("button", name="Generate").click()
+        page.get_by_text("Steps (num_steps) must be from 1 to 64, got 70").first.wait_for(timeout=15_000)
+        page.wait_for_timeout(1000)
+        assert status_of(page) == "" and page.locator("#live img").count() == 0
+        # the same message inline under the settings (said as soon as it was typed) and in the error; no other
+        assert "Steps (num_steps) must be from 1 to 64, got 70" in page.locator("#settings-note").inner_text()
+        assert page.get_by_text("must be from 1 to").count() == 2
+
+
+@needs_chromium
 def test_browser_watch_speed_shows_every_step_of_a_fast_run(app_url):
     """tiny-var computes its 4 scales in a fraction of a second; at 0.5 s per step the page shows each one."""
     with browser_page(app_url, 1400, 1000, model="tiny-var") as page:
