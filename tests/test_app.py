@@ -235,6 +235,15 @@ def test_local_folder_is_not_read_in_public_mode(client):
     assert "/work" not in str(e.value) and os.environ["HF_HOME"] not in str(e.value)
 
 
+def test_empty_model_is_the_default_and_a_revision_is_a_hub_spec(client):
+    """'' is the default model (not "a local path"); org/name@rev goes to the Hub like org/name."""
+    from gradio_client.exceptions import AppError
+
+    assert steps(run(client, model="", seed=0, settings={"num_steps": 2}))[-1].startswith("step 2/2")
+    with pytest.raises(AppError, match="could not reach the Hugging Face Hub"):
+        run(client, model="someone/some-model@v1.0", seed=0)
+
+
 def test_hub_model_without_network_gives_the_loaders_message(client):
     """var-d16 is not cached and the Hub (HF_ENDPOINT: the fake Hub, not running here) cannot be reached."""
     from gradio_client.exceptions import AppError
