@@ -355,6 +355,16 @@ def test_compare_runs_both_on_one_queue(client):
     assert [r[0] for r in outs[-1][7]["data"]] == [1, 2, "total"] and len(outs[-1][8]["data"]) == 7
 
 
+def test_compare_fractal_ar_with_mar_levels(client):
+    """The seed note made visible: FractalGen with AR levels against MAR levels, same class and seed."""
+    outs = run(client, "/compare", model_a="tiny-fractalar", settings_a=None, model_b="tiny-fractalgen",
+               settings_b={"num_iter_0": 4, "num_iter_1": 2}, class_name="1 · class 1", seed=0)
+    status_a = [o[2] for o in outs if isinstance(o[2], str) and o[2]]
+    status_b = [o[5] for o in outs if isinstance(o[5], str) and o[5]]
+    assert status_a and status_b and status_b[-1].startswith("L0 4/4")
+    assert outs[-1][7] is not None and outs[-1][8] is not None
+
+
 def test_cancel_stops_the_generator_and_the_next_run_works(client):
     import app
 

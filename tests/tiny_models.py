@@ -66,12 +66,13 @@ def golden_fractalgen(name: str = "fmar3"):
 
 def write_presets(folder: Path, all_families: bool = False) -> Path:
     """Save the checkpoints under ``folder`` and return a presets file naming them tiny-var / tiny-mar /
-    tiny-mar-diffusion (and with ``all_families`` tiny-maskgit / tiny-llamagen / tiny-fractalgen)."""
+    tiny-mar-diffusion (and with ``all_families`` tiny-maskgit / tiny-llamagen / tiny-fractalgen (mar, mar) /
+    tiny-fractalar (ar, ar))."""
     entries = {}
     pipes = {"tiny-var": tiny_var(), "tiny-mar": tiny_mar(), "tiny-mar-diffusion": tiny_mar_diffusion()}
     if all_families:
         pipes.update({"tiny-maskgit": golden_maskgit_llamagen("maskgit"), "tiny-llamagen": golden_maskgit_llamagen(
-            "gpt"), "tiny-fractalgen": golden_fractalgen()})
+            "gpt"), "tiny-fractalgen": golden_fractalgen(), "tiny-fractalar": golden_fractalgen("far3")})
     for name, pipe in pipes.items():
         pipe.save_pretrained(folder / name)
         entries[name] = {"kind": pipe.kind, "source": "folder", "path": str(folder / name),
