@@ -299,7 +299,8 @@ class Pipeline:
 
     @property
     def image_size(self) -> int:
-        raise NotImplementedError
+        """Side of the square images, in pixels (the tokenizer's, unless the family says otherwise)."""
+        return self.tokenizer.cfg.image_size
 
     def controls(self) -> list[Control]:
         """The sampling settings this family takes besides labels, seed and batch size (see :class:`Control`),

@@ -380,10 +380,6 @@ class MARPipeline(Pipeline):
         super().__init__(tokenizer, model, class_names, defaults)
 
     @property
-    def image_size(self) -> int:
-        return self.tokenizer.cfg.image_size
-
-    @property
     def seq_len(self) -> int:
         return self.model.cfg.seq_len
 

@@ -508,10 +508,6 @@ class VARPipeline(Pipeline):
     def scales(self) -> list[int]:
         return list(self.var.patch_nums)
 
-    @property
-    def image_size(self) -> int:
-        return self.vae.cfg.image_size
-
     def controls(self) -> list[Control]:
         d, V = self.defaults, self.var.cfg.vocab_size
         return [
