@@ -599,7 +599,8 @@ def edit_inputs(pipe, image, mask, region) -> dict:
     work when the family cannot edit or an input is missing. ``image`` may be an ImageEditor value (a dict with
     its background and layers) or an image."""
     if not pipe.can_edit:
-        fail(f"{pipe.family} cannot edit images yet; pick a model whose family can (VAR, MAR).")
+        able = ", ".join(f.pipeline.family for f in FAMILIES.values() if f.pipeline.can_edit)
+        fail(f"{pipe.family} cannot edit images yet; pick a model whose family can ({able}).")
     layers = []
     if isinstance(image, dict):
         layers = [x for x in image.get("layers") or [] if x is not None]
