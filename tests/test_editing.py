@@ -303,3 +303,76 @@ def test_diffusion_mar_needs_equal_hole_sizes(diff_pipe):
     masks[1, :2, :2] = 1
     with pytest.raises(ValueError, match=r"same number of tokens in every image \(got \[1, 4\]\)"):
         next(diff_pipe.stream(image=torch.rand(3, 64, 64), mask=masks, num_steps=2, num_sampling_steps=5))
+
+
+# -- Halton-MaskGIT: both samplers start from the image's tokens and never re-sample the kept ones ---------------
+@pytest.fixture(scope="module")
+def maskgit_pipe():
+    from tests.tiny_models import golden_maskgit_llamagen
+
+    return golden_maskgit_llamagen("maskgit")  # 128 px, 8x8 tokens, K = 64, 10 classes
+
+
+@pytest.mark.parametrize("sampler", ["confidence", "halton"])
+@pytest.mark.parametrize("labels, cfg", [(-1, 0.0), ([1, 2], 2.0)])  # plain inpainting; class-conditional edit
+def test_maskgit_edit_keeps_the_image_tokens(maskgit_pipe, sampler, labels, cfg):
+    image = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    mask = hole(128, 32, 80)  # pixels; 16 px tokens -> token rows/cols 2..4
+    ids = maskgit_pipe.encode(image)
+    steps = list(maskgit_pipe.stream(image=image, mask=mask, labels=labels, batch_size=2, sampler=sampler, cfg=cfg,
+                                     num_steps=4, seed=1, preview=False))
+    kept = steps[0].kept
+    assert kept.shape == (2, 64) and (~kept).sum(1).tolist() == [9, 9]
+    assert torch.equal(kept[0].view(8, 8)[2:5, 2:5], torch.zeros(3, 3, dtype=torch.bool))
+    for s in steps:
+        assert torch.equal(s.kept, kept)
+        assert torch.equal(s.tokens[kept], ids.expand(2, -1)[kept])
+        assert not (s.mask & kept).any() and not (s.revealed & kept).any()
+        stats = maskgit_pipe.token_stats(s)
+        assert (stats.drawn[kept] == -1).all() and stats.drawn_prob[kept].isnan().all()
+    assert sum(int(s.revealed[0].sum()) for s in steps) >= 9 and steps[-1].labels.tolist() == (
+        [10, 10] if labels == -1 else labels)
+    if sampler == "halton":
+        assert not steps[-1].mask.any()
+    assert maskgit_pipe.generate(image=image, mask=mask, labels=labels, batch_size=2, sampler=sampler, cfg=cfg,
+                                 num_steps=4, seed=1).shape == (2, 3, 128, 128)
+
+
+def test_maskgit_halton_edit_follows_the_order_skipping_kept_positions(maskgit_pipe):
+    """Halton reveals the hidden positions in the full-grid Halton order with the kept ones left out, over
+    the arccos schedule of their number."""
+    from edifice.generative.maskgit import halton_order, halton_schedule
+
+    mask = torch.zeros(8, 8)
+    mask[:, 5:] = 1  # regenerate the 3 right columns: 24 tokens
+    steps = list(maskgit_pipe.stream(image=torch.rand(3, 128, 128), mask=mask, sampler="halton", num_steps=5,
+                                     seed=0, preview=False))
+    order = [r * 8 + c for r, c in halton_order(8) if c >= 5]
+    counts = [0] + halton_schedule(5, 24)
+    for s, lo, hi in zip(steps, counts[:-1], counts[1:], strict=True):
+        assert s.revealed[0].nonzero()[:, 0].tolist() == sorted(order[lo:hi])
+
+
+@pytest.mark.parametrize("sampler", ["confidence", "halton"])
+def test_maskgit_nothing_known_is_plain_generation(maskgit_pipe, sampler):
+    """With every token hidden the edit path follows the authors' sampler exactly (schedules, order, draws)."""
+    from edifice.generative.maskgit import stream_tokens
+
+    args = dict(sampler=sampler, labels=[1, 2], num_steps=4, cfg=1.5, seed=9, randomize=True)
+    plain = list(stream_tokens(maskgit_pipe.model, **args))
+    edit = list(stream_tokens(maskgit_pipe.model, init_tokens=torch.full((1, 64), 64), **args))
+    for a, b in zip(plain, edit, strict=True):
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.revealed, b.revealed) and b.kept.sum() == 0
+
+
+def test_maskgit_edit_refusals(maskgit_pipe):
+    assert maskgit_pipe.can_edit
+    mask = torch.ones(8, 8).triu()
+    with pytest.raises(ValueError, match="this model edits 128x128"):
+        maskgit_pipe.stream(image=torch.rand(3, 64, 64), mask=mask)
+    with pytest.raises(ValueError, match="regenerates every token"):
+        maskgit_pipe.stream(image=torch.rand(3, 128, 128), mask=torch.ones(8, 8))
+    with pytest.raises(ValueError, match="either image and mask, or init_tokens"):
+        maskgit_pipe.stream(image=torch.rand(3, 128, 128), mask=mask, init_tokens=torch.zeros(64, dtype=torch.long))
+    with pytest.raises(ValueError, match="2 images or masks but there are 3 labels"):
+        maskgit_pipe.stream(image=torch.rand(2, 3, 128, 128), mask=mask, labels=[0, 1, 2])

@@ -23,6 +23,12 @@ Two samplers, reproduced draw for draw (``Sampler/confidence_sampler.py``, ``Sam
 Both MULTIPLY logits by their softmax "temperature" and guide with ``(1 + w) c - w u`` (``w = 0``: one
 unguided pass). edifice's ``cfg`` is the authors' ``w``; edifice's ``temperature`` DIVIDES the logits on top
 (1 = the authors' sampler exactly). Streaming yields one :class:`MaskGITStep` per step.
+
+Editing (``init_tokens``; :meth:`MaskGITPipeline.stream` with ``image`` and ``mask``, see :mod:`edifice.editing`)
+starts from the image's tokens with the region to regenerate hidden, and both schedules run over the n hidden
+tokens instead of all L. The confidence sampler never re-samples a kept token (it does re-sample the ones it
+revealed itself, as the authors); Halton walks the full-grid order (rolled per sample with ``randomize``) and
+skips the kept positions, so the region is filled in the same spread-out order as a whole image.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import render as draw
+from ..editing import prepare_edit
 from ..pipeline import PREVIEW_HELP, Control, Pipeline, TokenStats, check_preview, new_seed, resolve_labels
 from ..tokenizers.llamagen_vq import LlamaGenVQ
 from .blocks import modulate
@@ -272,6 +279,7 @@ class MaskGITStep:
     seconds: float  # wall time of this step (forward, sampling and preview)
     labels: torch.Tensor  # [B] class ids used (nclass = unconditional)
     seed: int
+    kept: torch.Tensor | None = None  # [B, L] bool when editing: True = the image's own token, never changed
 
 
 def guided_logits(model: MaskGIT, tokens_BL: torch.Tensor, labels_B: torch.Tensor, w: float,
@@ -334,8 +342,9 @@ def stream_tokens(model: MaskGIT, *, sampler: str = "halton", labels=None, batch
                   cfg: float = 0.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                   seed: int | None = None, sm_temp: float = 1.0, r_temp: float = 4.5, sched_mode: str = "arccos",
                   randomize: bool | str | None = None, sm_temp_min: float = 1.0, sm_temp_max: float = 1.0,
-                  temp_pow: float = 1.0, temp_warmup: int = 0, render: Callable[[torch.Tensor, bool], torch.Tensor]
-                  | None = None, preview_every: int = 1) -> Iterator[MaskGITStep]:
+                  temp_pow: float = 1.0, temp_warmup: int = 0, init_tokens: torch.Tensor | None = None,
+                  render: Callable[[torch.Tensor, bool], torch.Tensor] | None = None,
+                  preview_every: int = 1) -> Iterator[MaskGITStep]:
     """The authors' ``ConfidenceSampler`` / ``HaltonSampler``, yielding a :class:`MaskGITStep` after each step.
 
     - ``sampler``: "halton" (default, the authors' recommendation) or "confidence".
@@ -350,6 +359,8 @@ def stream_tokens(model: MaskGIT, *, sampler: str = "halton", labels=None, batch
       the confidence sampler's Gumbel noise, so on the CPU the tokens equal the authors' after
       ``torch.manual_seed(seed); np.random.seed(seed)``. Labels drawn at random (``labels=None``) come from a
       separate generator with the same seed, leaving that stream untouched.
+    - ``init_tokens``: ``[1 or B, L]`` ids with K (the mask id) where unknown, to edit (see the module
+      docstring): the known ones are kept and never re-sampled; steps beyond the number to draw reveal nothing.
     - ``render(tokens_BL, final) -> image`` runs every ``preview_every`` steps and at the last one.
     """
     cfg_ = model.cfg
@@ -366,19 +377,28 @@ def stream_tokens(model: MaskGIT, *, sampler: str = "halton", labels=None, batch
     label_B = resolve_labels(labels, batch_size, model.num_classes, torch.Generator(device).manual_seed(seed), device)
     B, S = label_B.shape[0], int(num_steps)
     rng = torch.Generator(device).manual_seed(seed)
-    code_BL = torch.full((B, L), K, dtype=torch.long, device=device)
-    hidden_BL = torch.ones(B, L, dtype=torch.bool, device=device)
-    shown_conf_BL = torch.zeros(B, L, device=device)
+    code_BL = _start(init_tokens, B, L, K, device)
+    kept_BL = None if init_tokens is None else code_BL != K
+    hidden_BL = code_BL == K
+    shown_conf_BL = (~hidden_BL).float()  # 1 = given
+    # known positions after each step: the kept ones, plus each sample's schedule over its n hidden ones
+    counts_BS = torch.tensor([[min(c, n) for c in (confidence_schedule(S, n, sched_mode) if sampler == "confidence"
+                                                   else halton_schedule(S, n))]
+                              for n in hidden_BL.sum(1).tolist()], device=device)
+    counts_BS += (~hidden_BL).sum(1, keepdim=True)
     if sampler == "confidence":
-        counts, nprng = confidence_schedule(S, L, sched_mode), np.random.RandomState(seed)
+        nprng = np.random.RandomState(seed)
     else:
-        counts, temps = halton_schedule(S, L), halton_temperatures(S, sm_temp_min, sm_temp_max, temp_pow, temp_warmup)
+        temps = halton_temperatures(S, sm_temp_min, sm_temp_max, temp_pow, temp_warmup)
         order_L = torch.tensor([r * cfg_.input_size + c for r, c in halton_order(cfg_.input_size)], device=device)
         order_BL = order_L.expand(B, L)
         if randomize:
             shift_B = torch.randint(0, L, (B,), generator=rng, device=device)
             order_BL = order_L[(torch.arange(L, device=device) - shift_B[:, None]) % L]
-    prev = 0
+        # kept positions first (a stable sort keeps the Halton order of the rest), then each step takes ranks
+        order_BL = order_BL.gather(1, hidden_BL.gather(1, order_BL).int().argsort(dim=1, stable=True))
+        rank_BL = torch.empty_like(order_BL).scatter_(1, order_BL, torch.arange(L, device=device).expand(B, L))
+        prev_B1 = (~hidden_BL).sum(1, keepdim=True)
     for s in range(S):
         t0 = time.perf_counter()
         if sampler == "confidence":
@@ -399,17 +419,20 @@ def stream_tokens(model: MaskGIT, *, sampler: str = "halton", labels=None, batch
                 noise = (r_temp * nprng.gumbel(size=(B, L))) * (1 - s / (S - 1))
                 score_BL = score_BL + torch.from_numpy(noise).to(device)
             score_BL = score_BL.masked_fill(~hidden_BL, math.inf)
-            thr_B1 = score_BL.topk(counts[s], dim=-1).values[:, -1:]
+            thr_B1 = score_BL.sort(dim=-1, descending=True).values.gather(1, counts_BS[:, s:s + 1] - 1)
             take_BL = score_BL >= thr_B1  # every revealed position too: re-sampled, as the authors do
+            if kept_BL is not None:
+                take_BL &= ~kept_BL  # but never a kept one
             code_BL = torch.where(take_BL, pred_BL, code_BL)
             new_hidden_BL = code_BL == K
         else:
-            take_BL = torch.zeros(B, L, dtype=torch.bool, device=device)
-            take_BL.scatter_(1, order_BL[:, prev:counts[s]], True)
-            prev = counts[s]
+            take_BL = (rank_BL >= prev_B1) & (rank_BL < counts_BS[:, s:s + 1])
+            prev_B1 = counts_BS[:, s:s + 1]
             code_BL = torch.where(take_BL, pred_BL, code_BL)
             new_hidden_BL = hidden_BL & ~take_BL
         drawn_now_BL = hidden_BL if sampler == "halton" else torch.ones_like(hidden_BL)
+        if kept_BL is not None:
+            drawn_now_BL = drawn_now_BL & ~kept_BL
         shown_conf_BL = torch.where(drawn_now_BL, conf_BL, shown_conf_BL)
         revealed_BL = hidden_BL & ~new_hidden_BL
         hidden_BL = new_hidden_BL
@@ -421,7 +444,20 @@ def stream_tokens(model: MaskGIT, *, sampler: str = "halton", labels=None, batch
         yield MaskGITStep(step=s, num_steps=S, sampler=sampler, tokens=code_BL, mask=hidden_BL, revealed=revealed_BL,
                           predicted=pred_BL, confidence=shown_conf_BL, score=score_BL, candidates=cand_BLk,
                           candidate_probs=cand_p_BLk, entropy=entropy_BL, image=image,
-                          seconds=time.perf_counter() - t0, labels=label_B, seed=seed)
+                          seconds=time.perf_counter() - t0, labels=label_B, seed=seed, kept=kept_BL)
+
+
+def _start(init_tokens, B: int, L: int, K: int, device) -> torch.Tensor:
+    """The starting code map ``[B, L]``: all hidden (the mask id K), or ``init_tokens`` broadcast over the batch."""
+    if init_tokens is None:
+        return torch.full((B, L), K, dtype=torch.long, device=device)
+    init = torch.as_tensor(init_tokens, device=device).long()
+    init = init[None] if init.ndim == 1 else init
+    if init.ndim != 2 or init.shape[1] != L or init.shape[0] not in (1, B):
+        raise ValueError(f"init_tokens must be [{L}] or [1 or {B}, {L}], got {list(init.shape)}")
+    if init.min() < 0 or init.max() > K:
+        raise ValueError(f"init_tokens must be ids in 0..{K} ({K} = unknown)")
+    return init.expand(B, L).clone()
 
 
 # -- image pipeline ----------------------------------------------------------------------------------------------
@@ -434,6 +470,7 @@ class MaskGITPipeline(Pipeline):
 
     kind = "maskgit"
     family = "Halton-MaskGIT"
+    can_edit = True
     legend = ("Dark = still masked; colour = probability of each position's token (purple 0 → yellow 1); white "
               "outline = revealed in this step. The confidence sampler re-draws every revealed token each step.")
 
@@ -454,6 +491,11 @@ class MaskGITPipeline(Pipeline):
     @property
     def seq_len(self) -> int:
         return self.model.cfg.seq_len
+
+    @torch.inference_mode()
+    def encode(self, img_B3HW: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> code ids ``[B, L]`` (e.g. the image of an edit)."""
+        return self.tokenizer.encode(img_B3HW.to(self.device) * 2 - 1)[1].flatten(1)
 
     def render(self, tokens_BL: torch.Tensor, mode: str = "full", final: bool = False) -> torch.Tensor:
         """Token ids -> image ``[B, 3, H, W]`` in [0, 1]. Hidden (mask id) positions get the mean code, or with
@@ -520,6 +562,8 @@ class MaskGITPipeline(Pipeline):
         before the step; confidence: everywhere). Heat: entropy / log(K + 1) there."""
         K, n = self.model.cfg.codebook_size, self.model.cfg.input_size
         active = (step.mask | step.revealed) if step.sampler == "halton" else torch.ones_like(step.mask)
+        if step.kept is not None:
+            active = active & ~step.kept
         drawn_prob = torch.where(active, step.confidence, torch.nan)
         heat = torch.where(active, step.entropy / math.log(K + 1), torch.nan).clamp(0, 1)
         return TokenStats((n, n), step.candidates.cpu(), step.candidate_probs.cpu(),
@@ -528,14 +572,26 @@ class MaskGITPipeline(Pipeline):
                           "and temperature, before top-k/top-p",
                           lambda i: "mask token" if i == K else f"code {i}")
 
-    def _sample(self, preview: bool | str = True, w: float | None = None, step: int | None = None,
-                **kwargs) -> Iterator[MaskGITStep]:
+    def _sample(self, preview: bool | str = True, w: float | None = None, step: int | None = None, image=None,
+                mask=None, **kwargs) -> Iterator[MaskGITStep]:
+        """``image``, ``mask``: edit an image (:mod:`edifice.editing`; mask 1 = regenerate, at the token grid or
+        in pixels): sampling starts from the image's tokens with the regenerated ones hidden (``init_tokens``)."""
         check_preview(preview)
         if w is not None:
             kwargs["cfg"] = w
         if step is not None:
             kwargs["num_steps"] = step
         mode = preview if isinstance(preview, str) else "full"
+        edit = prepare_edit(image, mask, image_size=self.image_size, grid=self.model.cfg.input_size,
+                            device=self.device)
+        if edit:
+            if kwargs.get("init_tokens") is not None:
+                raise ValueError("pass either image and mask, or init_tokens, not both")
+            labels = kwargs.get("labels")
+            kwargs["batch_size"] = edit.batch_size(kwargs.get("batch_size", 1))
+            if labels is not None and not isinstance(labels, int):
+                edit.check_batch(len(labels))
+            kwargs["init_tokens"] = torch.where(edit.kept, self.encode(edit.image), self.model.cfg.codebook_size)
 
         def render(tokens_BL, final):  # the last step is always decoded exactly
             return self.render(tokens_BL, "full" if final else mode, final)
