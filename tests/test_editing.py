@@ -376,3 +376,69 @@ def test_maskgit_edit_refusals(maskgit_pipe):
         maskgit_pipe.stream(image=torch.rand(3, 128, 128), mask=mask, init_tokens=torch.zeros(64, dtype=torch.long))
     with pytest.raises(ValueError, match="2 images or masks but there are 3 labels"):
         maskgit_pipe.stream(image=torch.rand(2, 3, 128, 128), mask=mask, labels=[0, 1, 2])
+
+
+# -- LlamaGen: a raster prefix is kept, read through the KV cache, and the rest is sampled ------------------------
+@pytest.fixture(scope="module")
+def llamagen_pipe():
+    from tests.tiny_models import golden_maskgit_llamagen
+
+    return golden_maskgit_llamagen("gpt")  # 128 px, 8x8 tokens, 64 codes, 10 classes
+
+
+def bottom_mask() -> torch.Tensor:
+    """Keep 4 rows and 3 tokens of the fifth (a raster prefix of 35 tokens), regenerate the rest."""
+    mask = torch.ones(8, 8)
+    mask[:4] = 0
+    mask[4, :3] = 0
+    return mask
+
+
+@pytest.mark.parametrize("labels, cfg", [(-1, 1.0), ([1, 2], 2.0)])  # plain outpainting; class-conditional edit
+def test_llamagen_edit_keeps_the_raster_prefix(llamagen_pipe, labels, cfg):
+    image = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    ids = llamagen_pipe.encode(image)
+    steps = list(llamagen_pipe.stream(image=image, mask=bottom_mask(), labels=labels, batch_size=2, cfg=cfg, seed=1,
+                                      preview=False))
+    kept = steps[0].kept
+    assert torch.equal(kept, (torch.arange(64) < 35).expand(2, -1))
+    assert [(s.step, s.num_steps, s.front) for s in steps] == [(0, 4, 40), (1, 4, 48), (2, 4, 56), (3, 4, 64)]
+    for s in steps:
+        assert torch.equal(s.kept, kept)
+        assert torch.equal(s.tokens[kept], ids.expand(2, -1)[kept])
+        assert not (s.mask & kept).any() and not (s.revealed & kept).any()
+        assert (llamagen_pipe.token_stats(s).drawn[kept] == -1).all()
+    assert (steps[-1].tokens >= 0).all() and steps[0].revealed[0].nonzero()[:, 0].tolist() == list(range(35, 40))
+    assert steps[-1].labels.tolist() == ([10, 10] if labels == -1 else labels)
+    no_cache = list(llamagen_pipe.stream(image=image, mask=bottom_mask(), labels=labels, batch_size=2, cfg=cfg,
+                                         seed=1, preview=False, kv_cache=False))
+    assert torch.equal(no_cache[-1].tokens, steps[-1].tokens)  # the prefilled cache reads what a full pass does
+
+
+def test_llamagen_edit_draws_the_first_token_given_the_prefix(llamagen_pipe):
+    """The first drawn token's distribution is the teacher-forced one after [class, image tokens]."""
+    image = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(2))
+    ids = llamagen_pipe.encode(image)
+    first = next(iter(llamagen_pipe.stream(image=image, mask=bottom_mask(), labels=[4], seed=0, preview=False)))
+    with torch.inference_mode():
+        probs = llamagen_pipe.model(ids, torch.tensor([4]))[0, 35].softmax(-1)
+    top_p, top_i = probs.topk(8)
+    assert torch.equal(first.candidates[0, 35], top_i)
+    torch.testing.assert_close(first.candidate_probs[0, 35], top_p, atol=1e-5, rtol=1e-4)
+
+
+def test_llamagen_refuses_masks_that_are_not_a_raster_prefix(llamagen_pipe):
+    assert llamagen_pipe.can_edit
+    image = torch.rand(3, 128, 128)
+    top = torch.zeros(8, 8)
+    top[:2] = 1  # regenerate the top: needs looking ahead
+    with pytest.raises(ValueError, match=r"LlamaGen generates tokens in raster order .* use a masked family"):
+        llamagen_pipe.stream(image=image, mask=top)
+    masks = torch.ones(2, 8, 8)
+    masks[0, :4] = masks[1, :5] = 0
+    with pytest.raises(ValueError, match=r"same number of tokens in every image \(got \[32, 40\]\)"):
+        llamagen_pipe.stream(image=image, mask=masks)
+    with pytest.raises(ValueError, match="this model edits 128x128"):
+        llamagen_pipe.stream(image=torch.rand(3, 64, 64), mask=bottom_mask())
+    with pytest.raises(ValueError, match="either image and mask, or prefix_tokens"):
+        llamagen_pipe.stream(image=image, mask=bottom_mask(), prefix_tokens=torch.zeros(8, dtype=torch.long))

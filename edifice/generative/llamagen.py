@@ -13,6 +13,12 @@ Sampling is the authors' ``generate`` draw for draw (:func:`stream_tokens`): a K
 to the conditional logits after token ``cfg_interval + 1`` (the doubled batch still runs); logits DIVIDED by
 ``temperature``; the authors' (Hugging Face style) top-k then top-p filter. Records stream every
 ``preview_every`` tokens (default one row of the grid).
+
+Editing: raster order cannot look ahead, so only a raster prefix of the image can be kept: whole rows from the
+top, then the left part of one row. That is outpainting below or regenerating the bottom (from any token on);
+a hole, a right-hand strip or anything above kept tokens is refused (use MaskGIT, MAR or VAR). The
+prefix (``prefix_tokens``; :meth:`LlamaGenPipeline.stream` with ``image`` and ``mask``) goes through the KV
+cache in one pass after the class token, and sampling continues from the first token after it.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import render as draw
+from ..editing import prepare_edit, require_raster_prefix
 from ..pipeline import PREVIEW_HELP, Control, Pipeline, TokenStats, cfg_mix, check_preview, new_seed, resolve_labels
 from ..tokenizers.llamagen_vq import LlamaGenVQ
 from .blocks import KVCache
@@ -211,6 +218,7 @@ class LlamaGenStep:
     seconds: float  # wall time of this record (its tokens and preview)
     labels: torch.Tensor  # [B] class ids used (num_classes = unconditional)
     seed: int
+    kept: torch.Tensor | None = None  # [B, L] bool when editing: True = the image's own token (the prefix)
 
 
 def check_sampling(cfg: float, temperature: float, top_k: int, top_p: float, preview_every: int) -> None:
@@ -230,6 +238,7 @@ def check_sampling(cfg: float, temperature: float, top_k: int, top_p: float, pre
 def stream_tokens(model: LlamaGen, *, labels=None, batch_size: int = 1, cfg: float = 1.0, cfg_interval: int = -1,
                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, sample_logits: bool = True,
                   seed: int | None = None, kv_cache: bool = True, preview_every: int | None = None,
+                  prefix_tokens: torch.Tensor | None = None,
                   render: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[LlamaGenStep]:
     """The authors' ``generate``, yielding a :class:`LlamaGenStep` every ``preview_every`` tokens (None = one
     grid row) and after the last.
@@ -242,6 +251,8 @@ def stream_tokens(model: LlamaGen, *, labels=None, batch_size: int = 1, cfg: flo
       the authors' after ``torch.manual_seed(seed)``; labels drawn at random (``labels=None``) come from a
       separate generator with the same seed.
     - ``kv_cache=False`` recomputes the whole prefix for every token (same tokens; for benchmarks).
+    - ``prefix_tokens``: ``[1 or B, P]`` ids of the first P tokens in raster order, kept (editing): they are
+      read in one pass and sampling starts at token P; records count from there.
     - ``render(tokens_BL) -> image`` runs at every record (-1 = not generated yet).
     """
     L, G = model.cfg.block_size, model.cfg.grid
@@ -256,17 +267,24 @@ def stream_tokens(model: LlamaGen, *, labels=None, batch_size: int = 1, cfg: flo
     rng = torch.Generator(device).manual_seed(seed)
     rows_R = torch.cat((label_B, torch.full_like(label_B, model.num_classes))) if guided else label_B
     caches = model.new_caches(len(rows_R)) if kv_cache else None
-    x_RlD = model.embed_class(rows_R)
-    seq_RlD = x_RlD
     tokens_BL = torch.full((B, L), -1, dtype=torch.long, device=device)
-    conf_BL = torch.zeros(B, L, device=device)
+    x_RlD = model.embed_class(rows_R)
+    P, kept_BL = 0, None
+    if prefix_tokens is not None:
+        prefix_BP = _prefix(prefix_tokens, B, L, model.cfg.vocab_size, device)
+        P = prefix_BP.shape[1]
+        tokens_BL[:, :P] = prefix_BP
+        kept_BL = tokens_BL >= 0
+        x_RlD = torch.cat((x_RlD, model.tok_embeddings(prefix_BP.repeat(2 if guided else 1, 1))), dim=1)
+    seq_RlD = x_RlD
+    conf_BL = (tokens_BL >= 0).float()  # 1 = given
     cand_BLk = torch.zeros(B, L, CANDIDATES, dtype=torch.long, device=device)
     cand_p_BLk = torch.zeros(B, L, CANDIDATES, device=device)
     entropy_BL = torch.zeros(B, L, device=device)
-    num_steps, start, t0 = math.ceil(L / every), 0, time.perf_counter()
-    for t in range(L):
-        if kv_cache:
-            logits_RV = model.run(x_RlD, t, caches)[:, -1]
+    num_steps, start, t0 = math.ceil(L / every) - P // every, P, time.perf_counter()
+    for t in range(P, L):
+        if kv_cache:  # x_RlD: the tokens (class, prefix, last drawn) at positions up to t, not yet in the cache
+            logits_RV = model.run(x_RlD, t + 1 - x_RlD.shape[1], caches)[:, -1]
         else:
             logits_RV = model.run(seq_RlD, 0)[:, -1]
         if guided:
@@ -296,11 +314,22 @@ def stream_tokens(model: LlamaGen, *, labels=None, batch_size: int = 1, cfg: flo
         image = render(snapshot) if render is not None else None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        yield LlamaGenStep(step=t // every, num_steps=num_steps, front=t + 1, tokens=snapshot, mask=snapshot < 0,
-                           revealed=revealed_BL, confidence=conf_BL.clone(), candidates=cand_BLk.clone(),
-                           candidate_probs=cand_p_BLk.clone(), entropy=entropy_BL.clone(), image=image,
-                           seconds=time.perf_counter() - t0, labels=label_B, seed=seed)
+        yield LlamaGenStep(step=t // every - P // every, num_steps=num_steps, front=t + 1, tokens=snapshot,
+                           mask=snapshot < 0, revealed=revealed_BL, confidence=conf_BL.clone(),
+                           candidates=cand_BLk.clone(), candidate_probs=cand_p_BLk.clone(), entropy=entropy_BL.clone(),
+                           image=image, seconds=time.perf_counter() - t0, labels=label_B, seed=seed, kept=kept_BL)
         start, t0 = t + 1, time.perf_counter()
+
+
+def _prefix(prefix_tokens, B: int, L: int, V: int, device) -> torch.Tensor:
+    """``prefix_tokens`` as ``[B, P]`` ids, checked: 1 <= P < L (something kept, something to draw)."""
+    prefix = torch.as_tensor(prefix_tokens, device=device).long()
+    prefix = prefix[None] if prefix.ndim == 1 else prefix
+    if prefix.ndim != 2 or prefix.shape[0] not in (1, B) or not 0 < prefix.shape[1] < L:
+        raise ValueError(f"prefix_tokens must be [P] or [1 or {B}, P] with 0 < P < {L}, got {list(prefix.shape)}")
+    if prefix.min() < 0 or prefix.max() >= V:
+        raise ValueError(f"prefix_tokens must be ids in 0..{V - 1}")
+    return prefix.expand(B, -1)
 
 
 # -- image pipeline ----------------------------------------------------------------------------------------------
@@ -312,6 +341,7 @@ class LlamaGenPipeline(Pipeline):
 
     kind = "llamagen"
     family = "LlamaGen"
+    can_edit = True  # a raster prefix only (see the module docstring)
     step_name = "row"
     legend = ("Raster order, left to right and top to bottom: dark = not generated yet; colour = probability of "
               "the drawn token (purple 0 → yellow 1); white outline = the tokens of this record.")
@@ -334,6 +364,11 @@ class LlamaGenPipeline(Pipeline):
     @property
     def seq_len(self) -> int:
         return self.model.cfg.block_size
+
+    @torch.inference_mode()
+    def encode(self, img_B3HW: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> code ids ``[B, L]`` in raster order (e.g. the image of an edit)."""
+        return self.tokenizer.encode(img_B3HW.to(self.device) * 2 - 1)[1].flatten(1)
 
     def render(self, tokens_BL: torch.Tensor, mode: str = "full") -> torch.Tensor:
         """Token ids (-1 = not generated) -> image ``[B, 3, H, W]`` in [0, 1]; unknown positions get the mean
@@ -374,20 +409,38 @@ class LlamaGenPipeline(Pipeline):
 
     def token_stats(self, step: LlamaGenStep) -> TokenStats:
         """At every generated position, the distribution its token was drawn from (after CFG, temperature and
-        top-k/top-p); heat = the probability of the drawn token; positions not generated yet are empty."""
-        G, done = self.model.cfg.grid, ~step.mask
-        return TokenStats((G, G), step.candidates.cpu(), step.candidate_probs.cpu(), step.tokens.cpu(),
+        top-k/top-p); heat = the probability of the drawn token; positions not generated yet (and an edit's kept
+        prefix) are empty."""
+        G, done = self.model.cfg.grid, ~step.mask if step.kept is None else ~step.mask & ~step.kept
+        return TokenStats((G, G), step.candidates.cpu(), step.candidate_probs.cpu(),
+                          torch.where(done, step.tokens, -1).cpu(),
                           torch.where(done, step.confidence, torch.nan).cpu(),
                           torch.where(done, step.entropy, torch.nan).cpu(),
                           torch.where(done, step.confidence, torch.nan).cpu(), "probability of the drawn token",
                           "the distribution each token was drawn from: after CFG, temperature and top-k/top-p")
 
-    def _sample(self, preview: bool | str = True, cfg_scale: float | None = None,
+    def _sample(self, preview: bool | str = True, cfg_scale: float | None = None, image=None, mask=None,
                 **kwargs) -> Iterator[LlamaGenStep]:
+        """``image``, ``mask``: edit an image (:mod:`edifice.editing`; mask 1 = regenerate, at the token grid or
+        in pixels). The kept tokens must be a raster prefix of the same length in every image (rows from the top,
+        then the left part of one row); other masks are refused with what works."""
         check_preview(preview)
         if cfg_scale is not None:
             kwargs["cfg"] = cfg_scale
         mode = preview if isinstance(preview, str) else "full"
+        edit = prepare_edit(image, mask, image_size=self.image_size, grid=self.model.cfg.grid, device=self.device)
+        if edit:
+            if kwargs.get("prefix_tokens") is not None:
+                raise ValueError("pass either image and mask, or prefix_tokens, not both")
+            n = require_raster_prefix(edit, self.family)
+            if (n != n[0]).any():
+                raise ValueError(f"{self.family} keeps the same number of tokens in every image (got {n.tolist()}): "
+                                 "pass one mask for the batch, or edit one image at a time")
+            labels = kwargs.get("labels")
+            kwargs["batch_size"] = edit.batch_size(kwargs.get("batch_size", 1))
+            if labels is not None and not isinstance(labels, int):
+                edit.check_batch(len(labels))
+            kwargs["prefix_tokens"] = self.encode(edit.image)[:, :int(n[0])]
 
         def render(tokens_BL):  # the last record (nothing unknown) is always decoded exactly
             return self.render(tokens_BL, mode if (tokens_BL < 0).any() else "full")
