@@ -549,8 +549,27 @@ def zero_gpu_seconds(model=None, class_name=None, seed=None, randomize_seed=None
         return 60
 
 
-if spaces is not None:  # ZeroGPU: a GPU is attached for the duration of each generation only
-    generate_api = spaces.GPU(duration=zero_gpu_seconds)(generate_api)
+def run_seconds(model, class_name, seed, randomize_seed, num_images, settings, pace, request, progress, slots=None,
+                edit=None) -> int:
+    """zero_gpu_seconds of a run_generation call (the page sends slots: read them when its model is loaded)."""
+    spec = str(model or default_model())
+    if slots is not None and spec in MODELS:
+        settings = settings_from_slots(MODELS.get(spec), slots)
+    return zero_gpu_seconds(spec, num_images=num_images, settings=settings)
+
+
+def compare_seconds(model_a=None, settings_a=None, model_b=None, settings_b=None, class_name=None, seed=None,
+                    num_images=1, *args, **kwargs) -> int:
+    return (zero_gpu_seconds(model_a, num_images=num_images, settings=settings_a)
+            + zero_gpu_seconds(model_b, num_images=num_images, settings=settings_b))
+
+
+def on_gpu(fn, seconds):
+    """On ZeroGPU, ``fn`` with a GPU attached for ``seconds(*args)`` (the request's own estimate); elsewhere fn."""
+    return spaces.GPU(duration=seconds)(fn) if spaces is not None else fn
+
+
+run_generation = on_gpu(run_generation, run_seconds)  # /generate, /edit and the page's Generate and Edit
 
 
 # -- editing ------------------------------------------------------------------------------------------------
@@ -764,6 +783,9 @@ def compare_api(model_a=None, settings_a=None, model_b=None, settings_b=None, cl
             yield tuple(out)
     if all(r.done for r in runs):
         yield (*(gr.update(),) * 6, gr.update(value=100), timings(runs[0]), timings(runs[1]))
+
+
+compare_api = on_gpu(compare_api, compare_seconds)
 
 
 def compare_page(pinned, model, class_name, seed, num_images, slots, request, progress):

@@ -95,6 +95,10 @@ def test_zero_gpu_asks_for_the_time_the_family_needs(app_url):
     assert app.zero_gpu_seconds(model="mar-huge", settings={"num_steps": 256, "num_sampling_steps": 100}) == 131
     assert app.zero_gpu_seconds(model="mar-huge", num_images=4,
                                 settings={"num_steps": 256, "num_sampling_steps": 100}) == 165
+    # the page's runs and /compare ask by the same rule (a comparison for both of its runs)
+    assert app.run_seconds("mar-huge", "random", 0, False, 1, {"num_steps": 256, "num_sampling_steps": 100}, 0.0,
+                           None, None) == 131
+    assert app.compare_seconds("mar-huge", {"num_steps": 256, "num_sampling_steps": 100}, "tiny-var", None) == 191
 
 
 def test_var_streams_one_update_per_chosen_scale(client):
