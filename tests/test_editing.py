@@ -442,3 +442,76 @@ def test_llamagen_refuses_masks_that_are_not_a_raster_prefix(llamagen_pipe):
         llamagen_pipe.stream(image=torch.rand(3, 64, 64), mask=bottom_mask())
     with pytest.raises(ValueError, match="either image and mask, or prefix_tokens"):
         llamagen_pipe.stream(image=image, mask=bottom_mask(), prefix_tokens=torch.zeros(8, dtype=torch.long))
+
+
+# -- FractalGen: kept top-level patches are the image's own pixels; only the others are drawn -------------------
+@pytest.fixture(scope="module")
+def fractal_pipes():
+    from tests.tiny_models import golden_fractalgen
+
+    return {name: golden_fractalgen(name) for name in ("fmar3", "far3")}  # 16 px, 4x4 top-level patches of 4 px
+
+
+def lower_mask() -> torch.Tensor:
+    """Regenerate the top-level patches from (1, 2) on in raster order: 6 kept, 10 drawn (a prefix, for AR too)."""
+    mask = torch.zeros(4, 4)
+    mask[2:] = mask[1, 2:] = 1
+    return mask
+
+
+@pytest.mark.parametrize("name", ["fmar3", "far3"])
+@pytest.mark.parametrize("labels, cfg", [(-1, 1.0), ([1, 2], 2.0)])  # plain outpainting; class-conditional edit
+def test_fractalgen_edit_keeps_the_image_pixels(fractal_pipes, name, labels, cfg):
+    pipe = fractal_pipes[name]
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ids = image.mul(255).round().to(torch.uint8).expand(2, -1, -1, -1)
+    keep = ~lower_mask().bool().repeat_interleave(4, 0).repeat_interleave(4, 1)  # [16, 16] pixels
+    steps = list(pipe.stream(image=image, mask=lower_mask(), labels=labels, batch_size=2, cfg=cfg, seed=1,
+                             num_iter_list=[4, 4], stream_depth=1, preview=False))
+    top = [s for s in steps if s.level == 0]
+    assert len(top) == (10 if name == "far3" else 4) and all(s.num_steps == len(top) for s in top)
+    assert [s.step for s in top] == list(range(len(top)))
+    for s in steps:
+        assert torch.equal(s.kept, keep.flatten().expand(2, -1))
+        assert torch.equal(s.tokens.permute(0, 2, 3, 1)[:, keep], ids.permute(0, 2, 3, 1)[:, keep])
+        assert s.known[:, keep].all() and s.entropy[:, keep].isnan().all()
+        kept_patches = ~lower_mask().bool()
+        assert s.done[:, kept_patches].all() and not s.filled[:, kept_patches].any()
+        assert (pipe.token_stats(s).drawn[s.kept] == -1).all()
+    assert top[-1].known.all() and top[-1].labels.tolist() == ([10, 10] if labels == -1 else labels)
+    if name == "far3":  # one patch per step, in raster order after the prefix
+        assert [int(s.filled[0].flatten().nonzero()[0]) for s in top] == list(range(6, 16))
+    out = pipe.generate(image=image, mask=lower_mask(), labels=labels, batch_size=2, cfg=cfg, seed=1,
+                        num_iter_list=[4, 4])
+    assert out.shape == (2, 3, 16, 16) and torch.equal(out[:, :, keep], ids[:, :, keep].float() / 255)
+
+
+@pytest.mark.parametrize("name", ["fmar3", "far3"])
+def test_fractalgen_edit_draws_given_the_kept_patches(fractal_pipes, name):
+    """Same seed, two images that differ only in the kept patches: the drawn patches differ (the kept ones
+    condition the rest), and the draws are reproducible."""
+    pipe, run = fractal_pipes[name], dict(mask=lower_mask(), labels=3, seed=5, num_iter_list=[4, 4])
+    a, b = torch.zeros(3, 16, 16), torch.ones(3, 16, 16)
+    out_a, out_b = pipe.generate(image=a, **run), pipe.generate(image=b, **run)
+    drawn = lower_mask().bool().repeat_interleave(4, 0).repeat_interleave(4, 1)
+    assert not torch.equal(out_a[:, :, drawn], out_b[:, :, drawn])
+    assert torch.equal(pipe.generate(image=a, **run), out_a)
+
+
+def test_fractalgen_edit_refusals(fractal_pipes):
+    mar, ar = fractal_pipes["fmar3"], fractal_pipes["far3"]
+    assert mar.can_edit and ar.can_edit
+    hole_mask = torch.zeros(4, 4)
+    hole_mask[1:3, 1:3] = 1
+    assert next(mar.stream(image=torch.rand(3, 16, 16), mask=hole_mask, num_iter_list=[2, 2])).kept.sum() == 192
+    with pytest.raises(ValueError, match="FractalGen with an AR top level generates tokens in raster order"):
+        next(ar.stream(image=torch.rand(3, 16, 16), mask=hole_mask))
+    masks = torch.zeros(2, 4, 4)
+    masks[0, 0, 0] = 1
+    masks[1, :2] = 1
+    with pytest.raises(ValueError, match=r"same number of top-level patches in every image.*\(got \[1, 8\]\)"):
+        next(mar.stream(image=torch.rand(3, 16, 16), mask=masks))
+    with pytest.raises(ValueError, match="this model edits 16x16"):
+        mar.stream(image=torch.rand(3, 32, 32), mask=hole_mask)
+    with pytest.raises(ValueError, match="init_tokens and init_mask go together"):
+        next(mar.stream(init_tokens=torch.zeros(3, 16, 16, dtype=torch.uint8)))

@@ -28,6 +28,15 @@ m)/L``, never reaching cfg) and float64 under an AR one (reaching cfg), and lowe
 as a constant; every pixel-head call draws a (useless) rounding noise; guiding pixels are drawn before a level's
 order.
 
+Editing (``init_tokens`` / ``init_mask``; :meth:`FractalGenPipeline.stream` with ``image`` and ``mask``) works
+on the top-level patch grid: a patch is kept whole (its pixels are the image's own, and the lower levels never
+visit it) or regenerated whole, and a pixel mask is reduced to that grid (a patch is regenerated if any of its
+pixels is). A MAR top level starts with the kept patches revealed and fills the others in its random order
+restricted to them, over ``mask_lengths(n)`` for their number n (the same in every image); the linear CFG
+ramp still follows the fraction of the image known, kept patches included. An AR top level cannot look ahead:
+it keeps a raster prefix of patches (rows from the top, then the left part of one row), reads it through its
+KV cache and draws the rest. Records then count only the steps that draw.
+
 There is no tokenizer: the "tokens" of this family are the pixel ids 0..255 themselves. The Pipeline base takes
 a tokenizer module, so :class:`PixelTokenizer` is an identity one (ids / 255 -> image) with no weights.
 """
@@ -46,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import render as draw
+from ..editing import Edit, prepare_edit, require_raster_prefix
 from ..errors import EdificeError
 from ..pipeline import Control, Pipeline, TokenStats, new_seed, resolve_labels
 from .blocks import Block, KVCache
@@ -647,6 +657,7 @@ class FractalGenStep:
     temperature: float
     entropy: torch.Tensor  # [B, H, W] the pixel head's entropy (nats) of each drawn colour, nan where undrawn
     logprob: torch.Tensor  # [B, H, W] log-probability of each drawn colour, nan where undrawn
+    kept: torch.Tensor | None = None  # [B, H * W] bool when editing: pixels of the kept top-level patches
 
     @property
     def final(self) -> bool:
@@ -688,7 +699,8 @@ class _Sampler:
     draws into the shared canvas at their place ``(b, y, x)``, which is how records see work in progress."""
 
     def __init__(self, model: FractalGen, steps: list[int], temperature: float, filter_threshold: float,
-                 rng: torch.Generator, depth: int, B: int, device):
+                 rng: torch.Generator, depth: int, B: int, device, init_ids: torch.Tensor | None = None,
+                 keep_BL: torch.Tensor | None = None):
         self.levels, self.cfg = model.levels(), model.cfg
         self.steps, self.temperature, self.filter = steps, temperature, filter_threshold
         self.rng, self.depth = rng, depth
@@ -703,6 +715,11 @@ class _Sampler:
         self.path: list[tuple[int, int]] = [(0, 0)] * len(self.levels)
         self.top_cfg = 1.0
         self.table = torch.stack([normalize_ids(torch.arange(256), c) for c in range(3)]).to(device)
+        self.keep = keep_BL  # [B, L] top-level patches kept from init_ids (editing), or None
+        if keep_BL is not None:
+            self.done = keep_BL.view_as(self.done).clone()
+            self.known = self.done.repeat_interleave(H // g, 1).repeat_interleave(H // g, 2)
+            self.ids = torch.where(self.known[:, None], init_ids, self.ids)
 
     def normalized(self, ids_N3: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.table[c][ids_N3[:, c]] for c in range(3)], dim=1)
@@ -740,8 +757,12 @@ class _Sampler:
         orders = torch.argsort(torch.rand(N, L, generator=self.rng, device=device), dim=1)
         patches = torch.zeros(N, L, 3 * gen.patch_size ** 2, device=device)
         mask = torch.ones(N, L, dtype=torch.bool, device=device)
+        if l == 0 and self.keep is not None:  # the kept patches known; the others first in each sample's order
+            patches = torch.where(self.keep[..., None], self._kept_patches(gen.patch_size), patches)
+            mask = ~self.keep
+            orders = orders.gather(1, self.keep.gather(1, orders).int().argsort(dim=1, stable=True))
         num_steps = self.steps[l]
-        for s, mask_len in enumerate(mask_lengths(L, num_steps)):
+        for s, mask_len in enumerate(mask_lengths(int(mask[0].sum()), num_steps)):
             self.path[l] = (s, num_steps)
             next_mask = torch.zeros_like(mask)
             if s < num_steps - 1:
@@ -779,8 +800,14 @@ class _Sampler:
         rows = torch.arange(N, device=device)
         dtype = gen.patch_emb.weight.dtype
         token = gen.cond_emb(conds[0].to(dtype))
-        for s in range(L):
-            self.path[l] = (s, L)
+        P = int(self.keep[0].sum()) if l == 0 and self.keep is not None else 0
+        if P:  # a kept raster prefix: read through the cache, nothing drawn
+            patches[:, :P] = self._kept_patches(gen.patch_size)[:, :P]
+            for s in range(P):
+                gen.step(token, s, caches)
+                token = gen.patch_emb(patches[:, s].to(dtype)).repeat(rep, 1)
+        for s in range(P, L):
+            self.path[l] = (s - P, L - P)
             cond = gen.step(token, s, caches)
             cfg_s = 1 + (cfg - 1) * (s + 1) / L if schedule == "linear" else cfg
             if l == 0:
@@ -798,12 +825,17 @@ class _Sampler:
                 yield l
         return unpatchify(patches, gen.patch_size)
 
+    def _kept_patches(self, p: int) -> torch.Tensor:
+        """The edit's image as top-level patches ``[B, L, 3 p^2]`` of normalised pixels (as drawn ones are)."""
+        return patchify(torch.stack([self.table[c][self.ids[:, c].long()] for c in range(3)], dim=1), p)
+
 
 @torch.inference_mode()
 def stream_pixels(model: FractalGen, *, labels=None, batch_size: int = 1, num_iter_list=None, cfg: float = 1.0,
                   cfg_schedule: str = "linear", temperature: float = 1.0, filter_threshold: float = 1e-4,
                   seed: int | None = None, stream_depth: int = 0, preview: bool = True,
-                  generator: torch.Generator | None = None) -> Iterator[FractalGenStep]:
+                  generator: torch.Generator | None = None, init_tokens: torch.Tensor | None = None,
+                  init_mask: torch.Tensor | None = None) -> Iterator[FractalGenStep]:
     """The official ``FractalGen.sample``, yielding a :class:`FractalGenStep` after each top-level step and, for
     ``stream_depth`` d > 0, after each step of levels 1..d too (d = K - 1: after every pixel-head call, i.e.
     pixel by pixel within a patch). ``labels``: None = drawn at random, an int = the whole batch (negative =
@@ -813,7 +845,8 @@ def stream_pixels(model: FractalGen, *, labels=None, batch_size: int = 1, num_it
     multiplies the pixel logits (the authors' convention: > 1 sharpens); ``filter_threshold``: under CFG,
     candidates whose conditional probability is below it get no boost from guidance. ``preview=False``
     leaves ``image`` None except in the last record. ``generator``: draw from this one (advancing it) instead
-    of a fresh one seeded with ``seed``."""
+    of a fresh one seeded with ``seed``. ``init_tokens`` (pixel ids ``[1 or B, 3, H, W]``) and ``init_mask``
+    (``[1 or B, L]`` bool over the top-level patches, row-major, True = draw): edit (see the module docstring)."""
     K = model.cfg.num_levels
     if num_iter_list is None:
         num_iter_list = [min(model.cfg.seq_len(l), 64) for l in range(K - 1)]
@@ -824,7 +857,13 @@ def stream_pixels(model: FractalGen, *, labels=None, batch_size: int = 1, num_it
                              device)
     B = label_B.shape[0]
     rng = generator if generator is not None else torch.Generator(device).manual_seed(seed)
-    run = _Sampler(model, steps, float(temperature), float(filter_threshold), rng, stream_depth, B, device)
+    init_ids, keep_BL = _edit_start(model, init_tokens, init_mask, B, device)
+    if keep_BL is not None:  # only the patches to draw take steps
+        n = int((~keep_BL[0]).sum())
+        steps[0] = n if model.cfg.generator_type_list[0] == "ar" else min(n, steps[0])
+    run = _Sampler(model, steps, float(temperature), float(filter_threshold), rng, stream_depth, B, device, init_ids,
+                   keep_BL)
+    kept = None if keep_BL is None else run.known.flatten(1).clone()
     ce = model.class_embedding(label_B)
     if cfg != 1.0:
         ce = torch.cat([ce, model.fake_latent.repeat(B, 1)])
@@ -844,8 +883,38 @@ def stream_pixels(model: FractalGen, *, labels=None, batch_size: int = 1, num_it
                              seconds=now - t0, labels=label_B, seed=seed, canvas=canvas, known=run.known.clone(),
                              done=run.done.clone(), filled=run.filled.clone(), level=level,
                              path=tuple(run.path[:level + 1]), cfg=run.top_cfg, temperature=float(temperature),
-                             entropy=run.entropy.clone(), logprob=run.logprob.clone())
+                             entropy=run.entropy.clone(), logprob=run.logprob.clone(), kept=kept)
         t0 = now
+
+
+def _edit_start(model: FractalGen, init_tokens, init_mask, B: int, device):
+    """An edit's pixel ids ``[B, 3, H, W]`` uint8 and kept top-level patches ``[B, L]`` bool, checked (the same
+    number to draw in every image; a raster prefix kept under an AR top level); (None, None) when not editing."""
+    if (init_tokens is None) != (init_mask is None):
+        raise ValueError("init_tokens and init_mask go together: pass both to edit, or neither")
+    if init_tokens is None:
+        return None, None
+    H, L = model.cfg.img_size, model.cfg.seq_len(0)
+    ids = torch.as_tensor(init_tokens, device=device)
+    ids = ids[None] if ids.ndim == 3 else ids
+    if ids.ndim != 4 or tuple(ids.shape[1:]) != (3, H, H) or ids.shape[0] not in (1, B):
+        raise ValueError(f"init_tokens must be pixel ids [1 or {B}, 3, {H}, {H}], got {list(ids.shape)}")
+    if ids.is_floating_point() or ids.min() < 0 or ids.max() > 255:
+        raise ValueError("init_tokens must be integer pixel ids in 0..255")
+    draw_BL = torch.as_tensor(init_mask, device=device).bool()
+    draw_BL = draw_BL[None] if draw_BL.ndim == 1 else draw_BL
+    if draw_BL.ndim != 2 or draw_BL.shape[1] != L or draw_BL.shape[0] not in (1, B):
+        raise ValueError(f"init_mask must be [{L}] or [1 or {B}, {L}] (the top-level patches), got "
+                         f"{list(draw_BL.shape)}")
+    counts = draw_BL.sum(1)
+    if (counts != counts[0]).any() or not 0 < int(counts[0]) < L:
+        raise ValueError(f"an edit must draw the same number of top-level patches in every image, at least one and "
+                         f"not all {L} (got {counts.tolist()}): pass one mask for the batch, or edit one image at a "
+                         "time")
+    if model.cfg.generator_type_list[0] == "ar":
+        g = math.isqrt(L)
+        require_raster_prefix(Edit(ids.float() / 255, draw_BL.view(-1, g, g)), "FractalGen with an AR top level")
+    return ids.expand(B, -1, -1, -1).to(torch.uint8), ~draw_BL.expand(B, -1)
 
 
 # -- pipeline -----------------------------------------------------------------------------------------------------
@@ -879,6 +948,7 @@ class FractalGenPipeline(Pipeline):
 
     kind = "fractalgen"
     family = "FractalGen"
+    can_edit = True  # whole top-level patches; a raster prefix of them under an AR top level
     step_name = "level-0 step"
     legend = ("Level map at pixel resolution: dark = not started; grey = top-level patches done before this step; "
               "orange = patches of this step still being drawn; white = pixels drawn in this step.")
@@ -896,7 +966,18 @@ class FractalGenPipeline(Pipeline):
     def image_size(self) -> int:
         return self.model.cfg.img_size
 
-    def _sample(self, **kwargs) -> Iterator[FractalGenStep]:
+    def _sample(self, image=None, mask=None, **kwargs) -> Iterator[FractalGenStep]:
+        """``image``, ``mask``: edit an image (:mod:`edifice.editing`; mask 1 = regenerate, at the top-level patch
+        grid or in pixels, where a patch is regenerated if any of its pixels is): see the module docstring."""
+        edit = prepare_edit(image, mask, image_size=self.image_size, grid=math.isqrt(self.model.cfg.seq_len(0)),
+                            device=self.device)
+        if edit:
+            labels = kwargs.get("labels")
+            kwargs["batch_size"] = edit.batch_size(kwargs.get("batch_size", 1))
+            if labels is not None and not isinstance(labels, int):
+                edit.check_batch(len(labels))
+            kwargs.update(init_tokens=edit.image.mul(255).round().to(torch.uint8),
+                          init_mask=edit.regenerate.flatten(1))
         return stream_pixels(self.model, **kwargs)
 
     @torch.inference_mode()
