@@ -334,11 +334,36 @@ def test_edit_streams_with_a_region_or_a_painted_mask(client, tmp_path):
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (10, 21, 12, 19)
 
 
+@pytest.mark.parametrize("model, region, settings", [
+    ("tiny-maskgit", "centre", {"num_steps": 4}),
+    ("tiny-llamagen", "bottom half", {"preview_every": 16}),
+    ("tiny-fractalgen", "centre", {"num_iter_0": 2, "num_iter_1": 2}),
+    ("tiny-mar-diffusion", "all but the centre", {"num_steps": 4, "num_sampling_steps": 3}),
+])
+def test_every_family_edits_through_the_app(client, model, region, settings):
+    from gradio_client import handle_file
+
+    outs = run(client, "/edit", model=model, seed=0, image=handle_file(str(EXAMPLE)), region=region,
+               settings=settings)
+    assert steps(outs) and "done in" in outs[-1][INFO] and outs[1][INFO].startswith("editing with")
+
+
+def test_a_family_that_cannot_edit_is_refused(client, monkeypatch):
+    import app
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    monkeypatch.setattr(type(app.MODELS.get("tiny-var")), "can_edit", False)
+    with pytest.raises(AppError, match="VAR cannot edit images yet; pick a model whose family can"):
+        run(client, "/edit", model="tiny-var", seed=0, image=handle_file(str(EXAMPLE)), region="centre")
+
+
 @pytest.mark.parametrize("kw, message", [
     (dict(model="tiny-var", region="painted"), "upload an image to edit"),
     (dict(model="tiny-var", with_image=True, region="painted"), "nothing is painted"),
     (dict(model="tiny-var", with_image=True, region="middle"), "the region must be one of painted, centre"),
-    (dict(model="tiny-llamagen", with_image=True, region="centre"), "LlamaGen cannot edit images yet"),
+    (dict(model="tiny-llamagen", with_image=True, region="centre"),
+     "LlamaGen generates tokens in raster order and cannot look ahead"),
 ])
 def test_edit_refuses_before_any_work(client, kw, message):
     from gradio_client import handle_file
