@@ -36,8 +36,7 @@ import torch
 from torch import nn
 
 PREVIEW_MODES = (True, False, None, "full", "fast", "latent")
-PREVIEW_HELP = ("full: decode the whole latent (exact); fast: a smaller latent (cheaper, blocky); latent: colours "
-                "from a linear map of the latent (nearly free); the last step is always exact")
+
 
 
 def check_preview(preview) -> None:
@@ -199,6 +198,14 @@ class Control:
         if lo is not None:
             return f" of at least {lo:g}"
         return f" of at most {hi:g}" if hi is not None else ""
+
+
+def preview_control(defaults: dict) -> Control:
+    """The preview-mode control every family with a latent decoder takes (see :func:`check_preview`)."""
+    return Control("preview", "choice", defaults.get("preview", "full"), "Preview",
+                   "full: decode the whole latent (exact); fast: a smaller latent (cheaper, blocky); latent: colours "
+                   "from a linear map of the latent (nearly free); the last step is always exact",
+                   choices=("full", "fast", "latent"))
 
 
 def _short(value, limit: int = 40) -> str:

@@ -34,7 +34,7 @@ from torch import nn
 
 from .. import render as draw
 from ..editing import prepare_edit, require_raster_prefix
-from ..pipeline import PREVIEW_HELP, Control, Pipeline, TokenStats, cfg_mix, check_preview, new_seed, resolve_labels
+from ..pipeline import Control, Pipeline, TokenStats, cfg_mix, check_preview, new_seed, preview_control, resolve_labels
 from ..tokenizers.llamagen_vq import LlamaGenVQ
 from .blocks import KVCache
 from .maskgit import RMSNorm, SwiGLU
@@ -358,10 +358,6 @@ class LlamaGenPipeline(Pipeline):
         super().__init__(tokenizer, model, class_names, defaults)
 
     @property
-    def image_size(self) -> int:
-        return self.tokenizer.cfg.image_size
-
-    @property
     def seq_len(self) -> int:
         return self.model.cfg.block_size
 
@@ -395,8 +391,7 @@ class LlamaGenPipeline(Pipeline):
                     "much probability (1 = off)", 0.01, 1.0, 0.01),
             Control("preview_every", "int", d.get("preview_every", G), "Tokens per record",
                     f"one record (and preview) every k tokens; {G} = one row", 1, L, 1),
-            Control("preview", "choice", d.get("preview", "full"), "Preview", PREVIEW_HELP,
-                    choices=("full", "fast", "latent")),
+            preview_control(d),
         ]
 
     def status(self, step: LlamaGenStep) -> str:

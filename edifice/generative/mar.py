@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import render as draw
 from ..editing import prepare_edit
-from ..pipeline import PREVIEW_HELP, Control, Pipeline, TokenStats, cfg_mix, check_preview, new_seed, resolve_labels
+from ..pipeline import Control, Pipeline, TokenStats, cfg_mix, check_preview, new_seed, preview_control, resolve_labels
 from ..tokenizers.vqvae import VQVAE
 from .blocks import FFN, SelfAttention, sinusoidal_positions
 
@@ -414,8 +414,7 @@ class MARPipeline(Pipeline):
                     "how many tokens each step reveals", choices=REVEAL_SCHEDULES),
             Control("randomness", "float", d.get("randomness", 0.0), "Ranking randomness",
                     "Gumbel noise on the confidence ranking (MaskGIT's choice temperature), annealed", 0.0, 20.0, 0.5),
-            Control("preview", "choice", d.get("preview", "full"), "Preview", PREVIEW_HELP,
-                    choices=("full", "fast", "latent")),
+            preview_control(d),
         ]
 
     def status(self, step: MARStep) -> str:

@@ -34,13 +34,13 @@ from torch import nn
 from .. import render as draw
 from ..editing import prepare_edit
 from ..pipeline import (
-    PREVIEW_HELP,
     Control,
     Pipeline,
     TokenStats,
     capture,
     check_preview,
     new_seed,
+    preview_control,
     resolve_cuda_graphs,
     resolve_labels,
     warm_up,
@@ -554,8 +554,7 @@ class DiffusionMARPipeline(Pipeline):
                     "scales the diffusion head's noise at each step", 0.0, 5.0, 0.05),
             Control("preview_every", "int", max(1, min(steps, start[0]) // 16), "Preview every k steps",
                     "decoding a preview is the costly part on a CPU", 1, L, 1),
-            Control("preview", "choice", d.get("preview", "full"), "Preview", PREVIEW_HELP,
-                    choices=("full", "fast", "latent")),
+            preview_control(d),
         ]
 
     @classmethod

@@ -46,7 +46,7 @@ from torch import nn
 
 from .. import render as draw
 from ..editing import prepare_edit
-from ..pipeline import PREVIEW_HELP, Control, Pipeline, TokenStats, check_preview, new_seed, resolve_labels
+from ..pipeline import Control, Pipeline, TokenStats, check_preview, new_seed, preview_control, resolve_labels
 from ..tokenizers.llamagen_vq import LlamaGenVQ
 from .blocks import modulate
 
@@ -485,10 +485,6 @@ class MaskGITPipeline(Pipeline):
         super().__init__(tokenizer, model, class_names, defaults)
 
     @property
-    def image_size(self) -> int:
-        return self.tokenizer.cfg.image_size
-
-    @property
     def seq_len(self) -> int:
         return self.model.cfg.seq_len
 
@@ -544,8 +540,7 @@ class MaskGITPipeline(Pipeline):
                     "are revealed after each step", choices=SCHED_MODES),
             Control("preview_every", "int", d.get("preview_every", 1), "Preview every k steps", "the last step is "
                     "always decoded", 1, L, 1),
-            Control("preview", "choice", d.get("preview", "full"), "Preview", PREVIEW_HELP,
-                    choices=("full", "fast", "latent")),
+            preview_control(d),
         ]
 
     def status(self, step: MaskGITStep) -> str:

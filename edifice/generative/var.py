@@ -26,13 +26,13 @@ from torch import nn
 from .. import render
 from ..editing import prepare_edit
 from ..pipeline import (
-    PREVIEW_HELP,
     Control,
     Pipeline,
     TokenStats,
     capture,
     check_preview,
     new_seed,
+    preview_control,
     resolve_cuda_graphs,
     resolve_labels,
     sample_top_k_top_p_,
@@ -523,8 +523,7 @@ class VARPipeline(Pipeline):
                     "much probability (0 = off)", 0.0, 1.0, 0.01),
             Control("more_smooth", "bool", d.get("more_smooth", False), "More smooth",
                     "Gumbel-softmax soft codes (visual quality only)"),
-            Control("preview", "choice", d.get("preview", "full"), "Preview", PREVIEW_HELP,
-                    choices=("full", "fast", "latent")),
+            preview_control(d),
         ]
 
     def settings_note(self, scales=None, **settings) -> str:
