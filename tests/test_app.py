@@ -349,9 +349,10 @@ def test_every_family_edits_through_the_app(client, model, region, settings):
 
 
 def test_a_family_that_cannot_edit_is_refused(client, monkeypatch):
-    import app
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
+
+    import app
 
     monkeypatch.setattr(type(app.MODELS.get("tiny-var")), "can_edit", False)
     with pytest.raises(AppError, match="VAR cannot edit images yet; pick a model whose family can"):
