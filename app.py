@@ -221,10 +221,11 @@ def slot_controls(pipe) -> list:
     return [c for kind in SLOTS for c in slots[kind]]
 
 
-def slot_update(c) -> dict:
+def slot_update(c, values: dict) -> dict:
+    """A slot showing control ``c`` (hidden when empty, or when ``c`` does not matter with these ``values``)."""
     if c is None:
         return gr.update(visible=False)
-    common = dict(visible=True, label=c.label, info=c.help, value=c.default)
+    common = dict(visible=c.shown(values), label=c.label, info=c.help, value=c.default)
     if c.kind in ("choice", "multi"):
         return gr.update(choices=list(c.choices), **common)
     if c.kind in ("int", "float"):
@@ -280,6 +281,7 @@ class Run:
     frames: list = field(default_factory=list)
     images: list = field(default_factory=list)  # uint8 [H, W, 3] native-size grids (only steps that made one)
     thumbs: list = field(default_factory=list)  # (path, caption) for the gallery
+    thumb_frames: list = field(default_factory=list)  # the frame (timeline step - 1) of each thumbnail
     num_steps: int = 0
     done: bool = False
     stopped: bool = False
@@ -303,6 +305,7 @@ class Run:
             thumb = self.folder / f"thumb{len(self.frames):04d}.png"
             Image.fromarray(grid).resize(_fit(grid, 96), Image.NEAREST).save(thumb)
             self.thumbs.append((str(thumb), f"{self.step_name} {step.step + 1}"))
+            self.thumb_frames.append(len(self.frames))
         if len(self.frames) >= MAX_FRAMES:
             return None
         buf = io.BytesIO()
@@ -704,12 +707,9 @@ def play(index, pace, request: gr.Request = None):
 def pick_frame(request: gr.Request = None, evt: gr.SelectData = None):
     """A click on a filmstrip thumbnail: that step on the timeline."""
     run = current_run(request)
-    if run is None or evt is None:
+    if run is None or evt is None or not run.frames or not 0 <= evt.index < len(run.thumb_frames):
         return (*(gr.update(),) * 6, gr.Timer(active=False))
-    caption = run.thumbs[evt.index][1] if evt.index < len(run.thumbs) else ""
-    i = min(int(caption.rsplit(" ", 1)[-1]), len(run.frames)) - 1 if caption else 0
-    if i < 0:
-        return (*(gr.update(),) * 6, gr.Timer(active=False))
+    i = min(run.thumb_frames[evt.index], len(run.frames) - 1)
     return (*frame_view(run, i), gr.update(value=i + 1), gr.Timer(active=False))
 
 
@@ -828,7 +828,18 @@ def select_model(spec, progress=gr.Progress()):
     defaults = {c.name: c.default for c in pipe.controls()}
     note = settings_note(spec, 1, [defaults.get(c.name) if c is not None else None for c in slot_controls(pipe)])
     return (info, gr.update(choices=classes, value=showcase_class(pipe)), legend,
-            *(slot_update(c) for c in slot_controls(pipe)), *CLEARED, None, "", note)
+            *(slot_update(c, defaults) for c in slot_controls(pipe)), *CLEARED, None, "", note)
+
+
+def slot_visibility(model, slots) -> list:
+    """Show only the controls that matter with the current settings (e.g. one sampler's own settings)."""
+    try:
+        pipe = MODELS.get(check_spec(model))
+    except (EdificeError, gr.Error):
+        return [gr.update()] * len(slots)
+    controls = slot_controls(pipe)
+    values = {c.name: v for c, v in zip(controls, slots, strict=True) if c is not None}
+    return [gr.update(visible=c is not None and c.shown(values)) for c in controls]
 
 
 def settings_note(model, num_images, slots) -> str:
@@ -1004,6 +1015,9 @@ def build_demo() -> gr.Blocks:
             slot.input(lambda d: settings_note(d[model], d[num_images], values(d)), page, note,
                        api_visibility="private", trigger_mode="always_last",
                        show_progress="hidden")
+        for slot in slots[SLOTS["number"]: SLOTS["number"] + SLOTS["choice"] + SLOTS["bool"]]:
+            slot.input(lambda d: slot_visibility(d[model], values(d)), page, slots, api_visibility="private",
+                       trigger_mode="always_last", show_progress="hidden")
         run = go.click(on_generate, page,
                        [*run_outputs, timer], api_visibility="private", concurrency_id="gpu", concurrency_limit=1,
                        show_progress_on=run_info)

@@ -141,7 +141,7 @@ CONTROL_KINDS = ("int", "float", "bool", "choice", "multi")
 class Control:
     """One sampling setting of a family as a UI shows it. ``name`` is the ``stream()`` keyword; ``kind`` one of
     int / float / bool / choice (one of ``choices``) / multi (a list drawn from ``choices``); ``default`` is the
-    checkpoint's recommended value; ``help`` one line for the UI."""
+    checkpoint's recommended value; ``help`` one line for the UI; ``when`` the one setting it depends on."""
 
     name: str
     kind: str
@@ -152,6 +152,11 @@ class Control:
     maximum: float | None = None
     step: float | None = None
     choices: tuple = ()
+    when: tuple = ()  # (name, value): it matters only while control `name` has `value` (a UI may hide it)
+
+    def shown(self, values: dict) -> bool:
+        """Whether this control matters with these settings (see ``when``)."""
+        return not self.when or values.get(self.when[0]) == self.when[1]
 
     def __post_init__(self):
         if self.kind not in CONTROL_KINDS:

@@ -438,11 +438,30 @@ def test_every_family_plays_through_the_one_interface(client, model, settings, r
     pipe = app.MODELS.get(model)
     assert shown[0].startswith(f"**{model}** · {pipe.family}")
     visible = [u["label"] for u in shown[3: 3 + len(app.slot_controls(pipe))] if u.get("visible")]
-    assert visible == [c.label for kind in app.SLOTS for c in app.assign_slots(pipe.controls())[kind] if c]
+    defaults = {c.name: c.default for c in pipe.controls()}
+    assert visible == [c.label for c in app.slot_controls(pipe) if c and c.shown(defaults)]
     outs = run(client, model=model, class_name="1 · class 1" if pipe.class_names is None else None, seed=0,
                num_images=2, settings=settings)
     assert len(steps(outs)) == records and "done in" in outs[-1][INFO]
     assert png(outs[-1]).shape == (pipe.image_size, 2 * pipe.image_size + 4, 3)
+
+
+def test_only_the_chosen_samplers_settings_are_shown(client):
+    """Halton-MaskGIT's two samplers have settings of their own: the page shows the chosen one's."""
+    import app
+
+    client.predict("tiny-maskgit", api_name="/select_model")
+    controls = app.slot_controls(app.MODELS.get("tiny-maskgit"))
+    values = [c.default if c is not None else None for c in controls]
+
+    def shown(sampler):
+        values[[c.name if c else None for c in controls].index("sampler")] = sampler
+        return {c.name for c, u in zip(controls, app.slot_visibility("tiny-maskgit", values), strict=True)
+                if u["visible"]}
+
+    assert {"sm_temp_min", "temp_warmup"} <= shown("halton") and not {"r_temp", "sched_mode"} & shown("halton")
+    assert {"r_temp", "sched_mode", "sm_temp"} <= shown("confidence") and "sm_temp_min" not in shown("confidence")
+    assert {"num_steps", "cfg", "temperature"} <= shown("halton") & shown("confidence")
 
 
 # -- the player, driven through its handlers (a browser session = a request's session_hash) --------------------

@@ -525,19 +525,19 @@ class MaskGITPipeline(Pipeline):
             Control("randomize", "bool", d.get("randomize", d.get("sampler", "halton") == "confidence"),
                     "Randomize", f"{halton} roll the order per image; {conf} annealed Gumbel noise on the ranking"),
             Control("sm_temp_min", "float", d.get("sm_temp_min", 1.0), "Softmax multiplier, first step",
-                    f"{halton} logits are multiplied by it (>1 sharpens)", 0.05, 5.0, 0.05),
+                    f"{halton} logits are multiplied by it (>1 sharpens)", 0.05, 5.0, 0.05, when=("sampler", "halton")),
             Control("sm_temp_max", "float", d.get("sm_temp_max", 1.0), "Softmax multiplier, last step",
-                    f"{halton} linear from the first step's", 0.05, 5.0, 0.05),
+                    f"{halton} linear from the first step's", 0.05, 5.0, 0.05, when=("sampler", "halton")),
             Control("temp_pow", "float", d.get("temp_pow", 1.0), "Multiplier power", f"{halton} the multipliers "
-                    "are raised to it", 0.1, 5.0, 0.1),
+                    "are raised to it", 0.1, 5.0, 0.1, when=("sampler", "halton")),
             Control("temp_warmup", "int", d.get("temp_warmup", 0), "Warm-up steps", f"{halton} the multiplier is "
-                    "halved (flatter) for this many first steps", 0, L, 1),
+                    "halved (flatter) for this many first steps", 0, L, 1, when=("sampler", "halton")),
             Control("sm_temp", "float", d.get("sm_temp", 1.0), "Softmax multiplier", f"{conf} logits are "
-                    "multiplied by it (>1 sharpens)", 0.05, 5.0, 0.05),
+                    "multiplied by it (>1 sharpens)", 0.05, 5.0, 0.05, when=("sampler", "confidence")),
             Control("r_temp", "float", d.get("r_temp", 4.5), "Ranking noise", f"{conf} scale of the Gumbel noise, "
-                    "annealed to 0", 0.0, 20.0, 0.5),
+                    "annealed to 0", 0.0, 20.0, 0.5, when=("sampler", "confidence")),
             Control("sched_mode", "choice", d.get("sched_mode", "arccos"), "Schedule", f"{conf} how many tokens "
-                    "are revealed after each step", choices=SCHED_MODES),
+                    "are revealed after each step", choices=SCHED_MODES, when=("sampler", "confidence")),
             Control("preview_every", "int", d.get("preview_every", 1), "Preview every k steps", "the last step is "
                     "always decoded", 1, L, 1),
             preview_control(d),
