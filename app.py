@@ -72,7 +72,7 @@ ALLOW_LOCAL = os.environ.get("EDIFICE_ALLOW_LOCAL") == "1"
 PACES = {"as fast as it computes": 0.0, "0.1 s per step": 0.1, "0.25 s per step": 0.25, "0.5 s per step": 0.5,
          "1 s per step": 1.0, "2 s per step": 2.0}
 # widget slots the page maps a family's controls onto, by control kind
-SLOTS = {"number": 12, "choice": 4, "bool": 3, "multi": 2}
+SLOTS = {"multi": 2, "choice": 4, "number": 12, "bool": 3}  # in page order: structure first
 SLOT_OF = {"int": "number", "float": "number", "choice": "choice", "bool": "bool", "multi": "multi"}
 WORKDIR = Path(tempfile.mkdtemp(prefix="edifice-app-"))  # animations, PNGs, thumbnails; removed with their run
 atexit.register(shutil.rmtree, WORKDIR, ignore_errors=True)
@@ -1015,7 +1015,7 @@ def build_demo() -> gr.Blocks:
             slot.input(lambda d: settings_note(d[model], d[num_images], values(d)), page, note,
                        api_visibility="private", trigger_mode="always_last",
                        show_progress="hidden")
-        for slot in slots[SLOTS["number"]: SLOTS["number"] + SLOTS["choice"] + SLOTS["bool"]]:
+        for slot in slots:
             slot.input(lambda d: slot_visibility(d[model], values(d)), page, slots, api_visibility="private",
                        trigger_mode="always_last", show_progress="hidden")
         run = go.click(on_generate, page,
