@@ -164,11 +164,11 @@ def test_seeds_repeat_and_differ(client):
 
 def test_api_defaults_reproduce_the_page(client):
     """/generate with only model, class and seed gives the image of the page's initial settings (what
-    /select_model puts in the controls), for every family; and a MAR selected first does not break a VAR call
+    /select_model puts in the controls), for each of the six families; and a MAR selected first does not break a VAR call
     with defaults."""
     import app
 
-    for model in ("tiny-var", "tiny-mar", "tiny-mar-diffusion"):
+    for model in ("tiny-var", "tiny-mar", "tiny-mar-diffusion", "tiny-maskgit", "tiny-llamagen", "tiny-fractalgen"):
         shown = client.predict(model, api_name="/select_model")
         pipe = app.MODELS.get(model)
         slot_values = shown[3: 3 + len(app.slot_controls(pipe))]
