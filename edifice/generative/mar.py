@@ -238,7 +238,9 @@ def _labels(model: MAR, labels, batch_size: int, rng: torch.Generator, device) -
     return torch.zeros(batch_size, dtype=torch.long, device=device)
 
 
-def _start(init_tokens, B: int, L: int, V: int, mask_token_id: int, device) -> torch.Tensor:
+def start_tokens(init_tokens, B: int, L: int, V: int, mask_token_id: int, device) -> torch.Tensor:
+    """The starting token map ``[B, L]`` of a masked generation: all ``mask_token_id``, or ``init_tokens``
+    (``[L]`` or ``[1 or B, L]`` ids in 0..V-1, the mask id where unknown) broadcast over the batch."""
     if init_tokens is None:
         return torch.full((B, L), mask_token_id, dtype=torch.long, device=device)
     init = torch.as_tensor(init_tokens, device=device).long()
@@ -300,7 +302,7 @@ def decode_steps(model: MAR, *, num_steps: int = 8, seq_len: int | None = None, 
         batch_size = len(init_tokens)
     label_B = _labels(model, labels, batch_size, rng, device)
     B = label_B.shape[0]
-    tokens_BL = _start(init_tokens, B, L, V, mask_token_id, device)
+    tokens_BL = start_tokens(init_tokens, B, L, V, mask_token_id, device)
     mask_BL = tokens_BL == mask_token_id
     kept_BL = None if init_tokens is None else ~mask_BL
     confidence_BL = (~mask_BL).float()

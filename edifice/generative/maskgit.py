@@ -49,6 +49,7 @@ from ..editing import prepare_edit
 from ..pipeline import Control, Pipeline, TokenStats, check_preview, new_seed, preview_control, resolve_labels
 from ..tokenizers.llamagen_vq import LlamaGenVQ
 from .blocks import modulate
+from .mar import start_tokens
 
 SAMPLERS = ("confidence", "halton")
 SCHED_MODES = ("arccos", "cosine", "linear", "square", "root")
@@ -377,7 +378,7 @@ def stream_tokens(model: MaskGIT, *, sampler: str = "halton", labels=None, batch
     label_B = resolve_labels(labels, batch_size, model.num_classes, torch.Generator(device).manual_seed(seed), device)
     B, S = label_B.shape[0], int(num_steps)
     rng = torch.Generator(device).manual_seed(seed)
-    code_BL = _start(init_tokens, B, L, K, device)
+    code_BL = start_tokens(init_tokens, B, L, K + 1, K, device)  # ids 0..K, K = hidden
     kept_BL = None if init_tokens is None else code_BL != K
     hidden_BL = code_BL == K
     shown_conf_BL = (~hidden_BL).float()  # 1 = given
@@ -445,19 +446,6 @@ def stream_tokens(model: MaskGIT, *, sampler: str = "halton", labels=None, batch
                           predicted=pred_BL, confidence=shown_conf_BL, score=score_BL, candidates=cand_BLk,
                           candidate_probs=cand_p_BLk, entropy=entropy_BL, image=image,
                           seconds=time.perf_counter() - t0, labels=label_B, seed=seed, kept=kept_BL)
-
-
-def _start(init_tokens, B: int, L: int, K: int, device) -> torch.Tensor:
-    """The starting code map ``[B, L]``: all hidden (the mask id K), or ``init_tokens`` broadcast over the batch."""
-    if init_tokens is None:
-        return torch.full((B, L), K, dtype=torch.long, device=device)
-    init = torch.as_tensor(init_tokens, device=device).long()
-    init = init[None] if init.ndim == 1 else init
-    if init.ndim != 2 or init.shape[1] != L or init.shape[0] not in (1, B):
-        raise ValueError(f"init_tokens must be [{L}] or [1 or {B}, {L}], got {list(init.shape)}")
-    if init.min() < 0 or init.max() > K:
-        raise ValueError(f"init_tokens must be ids in 0..{K} ({K} = unknown)")
-    return init.expand(B, L).clone()
 
 
 # -- image pipeline ----------------------------------------------------------------------------------------------
