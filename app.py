@@ -53,6 +53,7 @@ import edifice.presets
 from edifice import render
 from edifice.checkpoint import FAMILIES
 from edifice.errors import EdificeError
+from edifice.pipeline import shorten
 from edifice.serving import PipelineCache
 
 MAX_IMAGES = 4
@@ -87,12 +88,7 @@ CSS = """
 
 def fail(message: str):
     """A visitor's mistake: a readable message in the page, one line at most in the log, no traceback."""
-    raise gr.Error(short(message, 400), print_exception=False)
-
-
-def short(text, limit: int = 80) -> str:
-    text = str(text)
-    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+    raise gr.Error(shorten(message, 400), print_exception=False)
 
 
 # -- models ---------------------------------------------------------------------------------------------------
@@ -137,7 +133,7 @@ def check_spec(spec) -> str:
         return spec
     if ALLOW_LOCAL and Path(spec).is_dir():
         return spec
-    fail(f"'{short(spec)}' is neither a preset nor a Hub repo id (org/name); pick one from the list"
+    fail(f"'{shorten(spec)}' is neither a preset nor a Hub repo id (org/name); pick one from the list"
          + ("" if ALLOW_LOCAL else " (local folders are accepted only when the app is started with --allow-local)")
          + ".")
 
@@ -179,7 +175,7 @@ def parse_class(value, pipe) -> int | None:
     elif pipe.class_names and value in pipe.class_names:
         idx = pipe.class_names.index(value)
     else:
-        fail(f"unknown class '{short(value)}': choose one from the list, 'random' or 'unconditional'.")
+        fail(f"unknown class '{shorten(value)}': choose one from the list, 'random' or 'unconditional'.")
     if not 0 <= idx < pipe.num_classes:
         fail(f"unknown class {idx}: this model has classes 0..{pipe.num_classes - 1}.")
     return idx
@@ -191,14 +187,14 @@ def parse_common(seed, randomize_seed, num_images) -> tuple[int, int]:
         n = float(num_images)
         assert math.isfinite(n) and n == int(n) and 1 <= n <= MAX_IMAGES
     except (TypeError, ValueError, AssertionError):
-        fail(f"images must be a whole number from 1 to {MAX_IMAGES}, got {short(repr(num_images), 40)}.")
+        fail(f"images must be a whole number from 1 to {MAX_IMAGES}, got {shorten(repr(num_images), 40)}.")
     if str(randomize_seed).lower() == "true":
         return int(torch.randint(0, 2 ** 31 - 1, (1,)).item()), int(n)
     try:
         s = float(seed) if not isinstance(seed, int) else seed
         assert (isinstance(s, int) or (math.isfinite(s) and s == int(s))) and 0 <= int(s) <= SEED_MAX
     except (TypeError, ValueError, AssertionError, OverflowError):
-        fail(f"the seed must be a whole number from 0 to 2^63 - 1, got {short(repr(seed), 40)}.")
+        fail(f"the seed must be a whole number from 0 to 2^63 - 1, got {shorten(repr(seed), 40)}.")
     return int(s), int(n)
 
 
@@ -238,24 +234,22 @@ def settings_from_slots(pipe, values) -> dict:
 
 
 def check_settings(pipe, settings) -> dict:
-    """A family's settings from the page or the API, each converted and range-checked by its Control; a missing
-    or None value is the checkpoint's recommended one; an unknown name is refused with the names it takes."""
-    controls = {c.name: c for c in pipe.controls()}
-    if settings is None:
-        settings = {}
-    if not isinstance(settings, dict):
-        fail("settings must be a JSON object of setting names and values, e.g. {\"cfg\": 2.0}.")
-    unknown = [k for k in settings if k not in controls]
-    if unknown:
-        fail(f"{pipe.family} has no setting '{short(unknown[0], 40)}'; it takes: {', '.join(controls)}.")
-    out = {}
-    for name, c in controls.items():
-        value = settings.get(name)
-        try:
-            out[name] = c.default if value is None else c.check(value)
-        except ValueError as e:
-            fail(str(e))
-    return out
+    """A family's settings from the page or the API, checked by its Controls (edifice.pipeline.check_settings):
+    a missing or None value is the checkpoint's recommended one; a mistake is the visitor's message."""
+    try:
+        return edifice.pipeline.check_settings(pipe.controls(), settings, pipe.family)
+    except ValueError as e:
+        fail(str(e))
+
+
+def settings_report(pipe, settings: dict, num_images: int) -> tuple[str, float | None]:
+    """The family's remark on checked settings and the seconds they take here (None when it cannot tell, e.g.
+    with no GPU outside a ZeroGPU call); a ValueError says why they cannot run."""
+    note = pipe.settings_note(**settings)
+    try:
+        return note, pipe.estimate_seconds(**settings, batch_size=num_images)
+    except RuntimeError:
+        return note, None
 
 
 # -- the timeline store ---------------------------------------------------------------------------------------
@@ -342,18 +336,15 @@ class Timelines:
     def trim(self):
         """Forget the oldest sessions (never the newest) while the frames kept exceed EDIFICE_TIMELINE_MB."""
         with self.lock:
-            while len(self.sessions) > 1 and sum(r.nbytes() for rs in self.sessions.values() for r in rs) > \
-                    TIMELINE_BYTES:
+            total = sum(r.nbytes() for rs in self.sessions.values() for r in rs)
+            while len(self.sessions) > 1 and total > TIMELINE_BYTES:
                 for old in self.sessions.popitem(last=False)[1]:
+                    total -= old.nbytes()
                     old.cleanup()
 
     def latest(self, session: str, n: int = 1) -> list[Run]:
         with self.lock:
             return list(self.sessions.get(session, [])[-n:])
-
-    def nbytes(self) -> int:
-        with self.lock:
-            return sum(r.nbytes() for rs in self.sessions.values() for r in rs)
 
 
 TIMELINES = Timelines()
@@ -406,7 +397,10 @@ def timings(run: Run) -> list[list]:
 
 def save_outputs(run: Run, final: torch.Tensor | None = None) -> tuple[str, str, str]:
     """The decode as GIF and WebP (one frame per stored image) and the last image as PNG, in the run's folder
-    (removed with the run; Gradio's copies are removed by its delete_cache)."""
+    (removed with the run; Gradio's copies are removed by its delete_cache); none for a run stopped before its
+    first image."""
+    if final is None and not run.images:
+        return None, None, None
     run.folder.mkdir(parents=True, exist_ok=True)
     stem = f"{run.family.split()[0].lower()}-seed{run.seed}" + ("-stopped" if run.stopped else "")
     frames = [upscale(g) for g in run.images]
@@ -426,12 +420,9 @@ def prepare(model, class_name, seed, randomize_seed, num_images, settings, progr
     seed, n = parse_common(seed, randomize_seed, num_images)
     settings = check_settings(pipe, settings)
     try:
-        pipe.settings_note(**settings)
-        seconds = pipe.estimate_seconds(**settings, batch_size=n)
+        _, seconds = settings_report(pipe, settings, n)
     except ValueError as e:
         fail(str(e))
-    except RuntimeError:  # no GPU outside a ZeroGPU call: nothing to estimate yet
-        seconds = None
     limit = max_seconds(pipe)
     if seconds is not None and seconds > limit:
         fail(f"these settings would take about {_duration(seconds)} here; this app allows {_duration(limit)} per "
@@ -525,8 +516,7 @@ def run_generation(model, class_name, seed, randomize_seed, num_images, settings
                 f"{str(pipe.dtype).removeprefix('torch.')} · {len(run.frames)} {pipe.step_name}s on the timeline")
         yield (*(gr.update(),) * 7, timings(run), *run.files, info)
     elif run.limited:
-        files = save_outputs(run) if run.images else (None, None, None)
-        yield (*(gr.update(),) * 7, timings(run), *files,
+        yield (*(gr.update(),) * 7, timings(run), *save_outputs(run),
                f"stopped at {pipe.step_name} {len(run.frames)}/{run.num_steps}: this app allows "
                f"{_duration(max_seconds(pipe))} per generation (EDIFICE_MAX_SECONDS); lower the steps or images")
 
@@ -594,7 +584,7 @@ def region_mask(region: str, size: int) -> np.ndarray:
         m[:h] = region == "top half"
         m[h:] = region == "bottom half"
     else:
-        fail(f"the region must be one of {', '.join(REGIONS)}; got {short(repr(region), 40)}.")
+        fail(f"the region must be one of {', '.join(REGIONS)}; got {shorten(repr(region), 40)}.")
     return m
 
 
@@ -745,7 +735,7 @@ def stop_run(request: gr.Request = None):
     if run is None or run.done or not run.frames:
         return (gr.update(),) * 4 + (gr.Timer(active=False),)
     run.stopped = True
-    files = save_outputs(run) if run.images else (None, None, None)
+    files = save_outputs(run)
     return (f"stopped at {run.step_name} {len(run.frames)}/{run.num_steps} · the timeline keeps the "
             f"{len(run.frames)} made", *files, gr.Timer(active=False))
 
@@ -846,17 +836,12 @@ def settings_note(model, num_images, slots) -> str:
     """Under the settings: the family's remark on them and the expected wait, or why they cannot run."""
     try:
         pipe = MODELS.get(check_spec(model))
-        values = settings_from_slots(pipe, slots)
-        settings = {c.name: c.default if values.get(c.name) is None else c.check(values[c.name])
-                    for c in pipe.controls()}
-        note = pipe.settings_note(**settings)
-        seconds = pipe.estimate_seconds(**settings, batch_size=int(num_images))
+        settings = edifice.pipeline.check_settings(pipe.controls(), settings_from_slots(pipe, slots), pipe.family)
+        note, seconds = settings_report(pipe, settings, int(num_images))
     except (EdificeError, gr.Error):
         return ""
     except ValueError as e:
         return f"⚠️ {e}"
-    except RuntimeError:
-        return ""
     if seconds is not None:
         note = (note + " · " if note else "") + f"Expected wait ≈ {_duration(seconds)} on {pipe.device.type}"
         if seconds > max_seconds(pipe):

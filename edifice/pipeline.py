@@ -213,10 +213,30 @@ def preview_control(defaults: dict) -> Control:
                    choices=("full", "fast", "latent"))
 
 
-def _short(value, limit: int = 40) -> str:
-    """A visitor's value as echoed in a message: repr, cut to ``limit`` characters."""
-    text = repr(value)
+def check_settings(controls: list[Control], settings: dict | None, family: str = "this model") -> dict:
+    """Settings by name (from a UI or an API client), each converted and range-checked by its Control; a missing
+    or None value is the control's default. A ValueError names an unknown setting (with the ones ``family``
+    takes) or says what a control accepts."""
+    by_name = {c.name: c for c in controls}
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise ValueError("settings must be a JSON object of setting names and values, e.g. {\"cfg\": 2.0}.")
+    unknown = [k for k in settings if k not in by_name]
+    if unknown:
+        raise ValueError(f"{family} has no setting '{shorten(unknown[0], 40)}'; it takes: {', '.join(by_name)}.")
+    return {name: c.default if settings.get(name) is None else c.check(settings[name]) for name, c in by_name.items()}
+
+
+def shorten(text, limit: int = 80) -> str:
+    """A visitor's text as echoed in a message or a log: cut to ``limit`` characters, saying how long it was."""
+    text = str(text)
     return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+
+
+def _short(value, limit: int = 40) -> str:
+    """A visitor's value as echoed in a message: its repr, shortened."""
+    return shorten(repr(value), limit)
 
 
 @dataclass
