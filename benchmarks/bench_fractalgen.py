@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from report import save_report  # noqa: E402
+from report import save_report, timed  # noqa: E402
 
 import edifice  # noqa: E402
 from edifice.generative.fractalgen import (  # noqa: E402
@@ -71,19 +69,6 @@ def head_rows(pipe: FractalGenPipeline, rows: int, repeats: int) -> dict:
     t_theirs = timed(lambda: official_style_head(head, cond, 1.02, torch.Generator()), repeats, True, pipe.device)
     return dict(head_rows=rows, head_ms=t_ours * 1e3, head_official_style_ms=t_theirs * 1e3,
                 head_same_ids=bool(torch.equal(ours, theirs)))
-
-
-def timed(fn, repeats: int, warmup: bool, device: torch.device) -> float:
-    if warmup:
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def first_steps(pipe: FractalGenPipeline, settings: dict, n: int) -> None:

@@ -25,7 +25,6 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from report import save_report  # noqa: E402
+from report import save_report, timed  # noqa: E402
 
 from edifice.generative.llamagen import LlamaGen, LlamaGenConfig, LlamaGenPipeline  # noqa: E402
 from edifice.generative.maskgit import MaskGIT, MaskGITConfig, MaskGITPipeline  # noqa: E402
@@ -52,17 +51,6 @@ def build(name: str, block: int | None = None):
     if block is not None:
         cfg.block_size = block
     return LlamaGenPipeline(LlamaGenVQ(LlamaGenVQConfig(image_size=cfg.grid * 16)), LlamaGen(cfg).eval())
-
-
-def timed(fn, repeats: int, warmup: bool = False) -> float:
-    if warmup:
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def settings(pipe) -> dict:

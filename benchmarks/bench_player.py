@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,16 +23,10 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from bench_sampling import machine, make, median, sync, timed_generate  # noqa: E402
-from report import save_report  # noqa: E402
+from bench_sampling import machine, make, sync  # noqa: E402
+from report import save_report, timed  # noqa: E402
 
 import app  # noqa: E402
-
-
-def timed(fn, *args, **kw) -> float:
-    t0 = time.perf_counter()
-    fn(*args, **kw)
-    return time.perf_counter() - t0
 
 
 def stream_only(pipe, **kw) -> None:
@@ -65,9 +60,9 @@ def bench(spec: str, batches, repeats: int) -> list[dict]:
     for B in batches:
         kw = dict(labels=1, batch_size=B, seed=0)
         stream_recorded(pipe, **kw)  # warm-up
-        plain = median([timed_generate(pipe, **kw) for _ in range(repeats)])
-        streamed = median([timed(stream_only, pipe, **kw) for _ in range(repeats)])
-        recorded = median([timed(stream_recorded, pipe, **kw) for _ in range(repeats)])
+        plain = timed(partial(pipe.generate, **kw), repeats, device=pipe.device)
+        streamed = timed(partial(stream_only, pipe, **kw), repeats)
+        recorded = timed(partial(stream_recorded, pipe, **kw), repeats)
         run = stream_recorded(pipe, **kw)
         rows.append(dict(model=spec, family=pipe.family, batch=B, steps=len(run.frames), plain_s=plain,
                          stream_s=streamed, recorded_s=recorded, recording_overhead=recorded / streamed,
