@@ -23,6 +23,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from . import loading, presets
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     resave.add_argument("--out", type=Path, required=True, help="folder to write")
     resave.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="storage dtype")
     resave.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recommended sampling settings")
+    resave.add_argument("--tokenizer", type=Path, default=None,
+                        help="swap in this tokenizer folder (a `tokenizer --decoder-only` run): its encoder and "
+                             "codebook must be the checkpoint's, so the generator's tokens keep their meaning")
     resave.set_defaults(run=run_resave)
     return parser
 
@@ -114,6 +118,8 @@ def run_resave(args: argparse.Namespace) -> None:
             pipe.defaults[key] = json.loads(value)
         except json.JSONDecodeError:
             pipe.defaults[key] = value
+    if args.tokenizer is not None:
+        swap_decoder(pipe, args.tokenizer)
     dtype = loading.DTYPES[args.dtype]
     loading.place(pipe, "cpu", dtype)
     pipe.tokenizer.to(dtype)
@@ -126,6 +132,27 @@ def run_resave(args: argparse.Namespace) -> None:
             f.write("\n## " + kept)
     size = sum(f.stat().st_size for f in args.out.iterdir())
     print(f"wrote {args.out} ({size / 1e6:.1f} MB, {args.dtype}); defaults {pipe.defaults}")
+
+
+def swap_decoder(pipe, folder: Path) -> None:
+    """Put the decoder of tokenizer ``folder`` into ``pipe``, after checking that everything that makes tokens
+    (encoder, quant_conv, quantizer) is identical."""
+    from .train import load_tokenizer
+
+    try:
+        new = load_tokenizer(folder)
+    except (SystemExit, OSError) as e:
+        raise EdificeError(f"resave --tokenizer: {e}") from None
+    old = pipe.tokenizer
+    if new.cfg.to_dict() != old.cfg.to_dict():
+        raise EdificeError(f"resave --tokenizer: {folder} is not the same architecture as the checkpoint's tokenizer")
+    theirs = new.state_dict()
+    for name, tensor in old.state_dict().items():
+        if not name.startswith(("post_quant_conv.", "decoder.")) and not torch.equal(theirs[name].to(tensor.dtype),
+                                                                                       tensor):
+            raise EdificeError(f"resave --tokenizer: {folder} encodes differently ({name} differs); only a "
+                               "decoder fine-tune (`tokenizer --decoder-only --init ...`) can be swapped in")
+    old.load_state_dict(theirs)
 
 
 def run_convert(args: argparse.Namespace) -> None:

@@ -98,6 +98,27 @@ def load_tokenizer(path: Path) -> VQVAE:
     return vae.eval().requires_grad_(False)
 
 
+def init_weights(path: Path, part: str) -> nn.Module:
+    """The ``--init`` weights of a new run, in float32 and trainable: ``part`` "tokenizer" takes a tokenizer
+    folder (or run) or the tokenizer of an edifice checkpoint; "model" takes the generator of an edifice
+    checkpoint. Fine-tuning a bundled model starts here instead of from random weights."""
+    path = Path(path)
+    if part == "tokenizer" and ((path / "export" / "config.json").is_file() or _format(path) == TOKENIZER_FORMAT):
+        module = load_tokenizer(path)
+    else:
+        from .loading import load
+        try:
+            module = getattr(load(path, device="cpu", dtype=torch.float32), part)
+        except Exception as e:  # noqa: BLE001 -- any unreadable folder ends the command with its reason
+            raise SystemExit(f"--init {path}: {e}") from None
+    return module.float().train().requires_grad_(True)
+
+
+def _format(folder: Path) -> str | None:
+    config = folder / "config.json"
+    return json.loads(config.read_text()).get("format") if config.is_file() else None
+
+
 def save_pipeline(pipe, folder: Path, card: str) -> Path:
     """An exported generator: the pipeline as an edifice checkpoint, the training card appended to its README."""
     pipe.save_pretrained(folder)
@@ -261,11 +282,18 @@ class TokenizerTask(Task):
         super().__init__(args, saved, device)
         if saved:
             self.model = VQVAE(VQVAEConfig(**saved["model"]))
+        elif args.init:
+            self.model = init_weights(args.init, "tokenizer")
         else:
             self.model = var_mod.build_tokenizer(
                 image_size=args.image_size, scales=tuple(args.scales), codebook_size=args.codebook_size,
                 embed_dim=args.embed_dim, ch=args.ch, num_res_blocks=args.num_res_blocks, using_sa=args.attn,
                 using_mid_sa=args.attn, beta=args.beta)
+        if args.decoder_only:
+            if not (saved or args.init):
+                raise SystemExit("--decoder-only fine-tunes a trained tokenizer: give --init (or resume a run)")
+            for part in (self.model.encoder, self.model.quant_conv, self.model.quantize):
+                part.requires_grad_(False)
         self.dataset = ImageFolder(args.data, self.model.cfg.image_size)
         V = self.model.vocab_size
         self.last_hit = torch.full((V,), -1)  # optimizer step at which each code was last chosen (-1: never)
@@ -294,7 +322,7 @@ class TokenizerTask(Task):
         self.hits.zero_()
         self.last_hit[used] = state.step
         dead = state.step - torch.maximum(self.last_hit, self.born) >= self.args.dead_after
-        if self.args.dead_after > 0 and bool(dead.any()):
+        if self.args.dead_after > 0 and not self.args.decoder_only and bool(dead.any()):
             self.reinit_codes(dead.nonzero().flatten(), accelerator, model, optimizer, state, g)
         window = self.args.dead_after or 100
         recent = (self.last_hit >= 0) & (state.step - self.last_hit < window)
@@ -368,6 +396,13 @@ class TransformerTask(Task):
                              folder, card)
 
 
+def check_init(model_vocab: int, codebook: int, model_classes: int, classes: int) -> None:
+    """A generator (new or from ``--init``) must match the tokenizer's codebook and the data's classes."""
+    if model_vocab != codebook or model_classes != classes:
+        raise SystemExit(f"the generator predicts {model_vocab} codes for {model_classes} classes; the tokenizer has "
+                         f"{codebook} codes and the data {classes} classes")
+
+
 class VARTask(TransformerTask):
     pipeline = var_mod.VARPipeline
 
@@ -376,14 +411,19 @@ class VARTask(TransformerTask):
         cfg = self.vae.cfg
         if saved:
             self.model = var_mod.VAR(var_mod.VARConfig(**saved["model"]))
+        elif args.init:
+            self.model = init_weights(args.init, "model")
         else:
             self.model = var_mod.build(hidden_size=args.width, num_layers=args.depth, num_heads=args.heads,
                                        mlp_ratio=args.mlp_ratio, scales=cfg.patch_nums,
                                        codebook_size=cfg.vocab_size, dropout=args.dropout,
                                        num_classes=self.num_classes, embed_dim=cfg.z_channels,
                                        cond_drop_rate=args.cond_drop)
+        if not isinstance(self.model, var_mod.VAR):
+            raise SystemExit(f"--init {args.init}: not a VAR checkpoint")
         if tuple(self.model.patch_nums) != tuple(cfg.patch_nums):
             raise SystemExit(f"the tokenizer's scales {cfg.patch_nums} differ from the run's {self.model.patch_nums}")
+        check_init(self.model.cfg.vocab_size, cfg.vocab_size, self.model.cfg.num_classes, self.num_classes)
 
     def loss(self, model, batch, g):
         f, y = batch
@@ -410,11 +450,17 @@ class MARTask(TransformerTask):
                              "one with `tokenizer --scales 8` (one size)")
         if saved:
             self.model = mar_mod.MAR(mar_mod.MARConfig(**saved["model"]))
+        elif args.init:
+            self.model = init_weights(args.init, "model")
         else:
             self.model = mar_mod.MAR(mar_mod.MARConfig(
                 vocab_size=cfg.vocab_size + 1, embed_dim=args.width, num_layers=args.depth, num_heads=args.heads,
                 seq_len=cfg.patch_nums[0] ** 2, dropout=args.dropout, num_classes=self.num_classes,
                 mlp_ratio=args.mlp_ratio, cond_drop_rate=args.cond_drop))
+        if not isinstance(self.model, mar_mod.MAR) or self.model.cfg.seq_len != cfg.patch_nums[0] ** 2:
+            n = cfg.patch_nums[0]
+            raise SystemExit(f"--init {args.init}: not a discrete MAR on {n}x{n} tokens")
+        check_init(self.model.cfg.vocab_size - 1, cfg.vocab_size, self.model.cfg.num_classes, self.num_classes)
 
     def prepare(self, f, y):
         """MAR ids of the latents: code + 1 (0 is [MASK])."""
@@ -675,6 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=False,
                    help="train on the CPU even where a GPU is present")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--init", type=Path, default=None,
+                   help="start a new run from these weights (fine-tuning): a tokenizer folder or an edifice "
+                        "checkpoint (its tokenizer, or its generator for var/mar); the architecture is theirs")
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     g.add_argument("--log-every", type=int, default=20, help="steps per metrics.csv row")
     g.add_argument("--save-every", type=int, default=500, help="steps between saves of state/ and export/")
@@ -695,6 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--beta", type=float, default=0.25, help="commitment weight")
     t.add_argument("--dead-after", type=int, default=200, help="re-initialise codes unused this many steps (0: off)")
     t.add_argument("--scale-aug", type=float, default=0.0, help="share of batches on a random scale sub-list")
+    t.add_argument("--decoder-only", action="store_true",
+                   help="train only post_quant_conv and the decoder of the --init tokenizer: every image keeps its "
+                        "tokens, so generators trained on them stay valid (swap it in with `resave --tokenizer`)")
 
     for stage, (depth, width, heads, dropout) in {"var": (8, 256, 8, 0.0), "mar": (6, 256, 8, 0.1)}.items():
         s = sub.add_parser(stage, parents=[common], help=f"{stage.upper()} transformer on a trained tokenizer")

@@ -12,6 +12,7 @@ from PIL import Image
 
 import edifice
 from edifice import train
+from edifice.data import ImageFolder
 from edifice.generative.var import check_scales
 
 TINY_TOKENIZER = dict(image_size=8, codebook_size=32, embed_dim=8, ch=32, num_res_blocks=1, attn=False)
@@ -184,3 +185,51 @@ def test_fractalgen_stage_takes_any_generator_mix_the_authors_run(images, tmp_pa
     with pytest.raises(SystemExit, match="num_conds"):  # a MAR under an AR level gets one condition
         train.run("fractalgen", data=images, out=tmp_path / "bad", steps=1, generator_types=("ar", "mar", "ar"),
                   num_conds=5, **TINY_FRACTAL, **FAST)
+
+
+def test_init_fine_tunes_a_generator_from_its_checkpoint(images, tokenizer_run, tmp_path):
+    """``--init`` starts a new run from an exported checkpoint: its first loss is the source's last, far below a
+    fresh start; a generator that does not fit the tokenizer or the family is refused."""
+    opts = dict(data=images, tokenizer=tokenizer_run["out"], lr=2e-3, **TINY_TRANSFORMER, **FAST)
+    source = train.run("var", out=tmp_path / "src", steps=30, **opts)
+    tuned = train.run("var", out=tmp_path / "tuned", steps=5, init=source["export"], **opts)
+    fresh = train.run("var", out=tmp_path / "fresh", steps=5, **opts)
+    assert losses(tuned)[0] < 0.8 * losses(fresh)[0]
+    assert losses(tuned)[0] == pytest.approx(np.mean(losses(source)[-5:]), rel=0.25)
+    assert "--init" in (tmp_path / "tuned" / "export" / "README.md").read_text()
+    mar_tok = train.run("tokenizer", data=images, out=tmp_path / "tok1", steps=2, scales=(4,), **TINY_TOKENIZER,
+                        **FAST)
+    with pytest.raises(SystemExit, match="not a discrete MAR"):
+        train.run("mar", data=images, out=tmp_path / "bad", tokenizer=mar_tok["out"], steps=1,
+                  init=source["export"])
+    with pytest.raises(SystemExit, match="init"):
+        train.run("var", data=images, out=tmp_path / "bad2", tokenizer=tokenizer_run["out"], steps=1,
+                  init=tmp_path / "missing")
+
+
+def test_decoder_only_keeps_every_token_and_resave_swaps_it_in(images, tokenizer_run, tmp_path):
+    """``tokenizer --decoder-only`` trains only the decoder (tokens unchanged, reconstruction better), and
+    ``resave --tokenizer`` puts it into a generator's checkpoint; a tokenizer that encodes differently is refused."""
+    from edifice.__main__ import main as cli
+
+    gen = train.run("var", data=images, out=tmp_path / "var", tokenizer=tokenizer_run["out"], steps=3,
+                    **TINY_TRANSFORMER, **FAST)
+    dec = train.run("tokenizer", data=images, out=tmp_path / "dec", steps=30, lr=2e-3, decoder_only=True,
+                    init=tokenizer_run["out"], **FAST)
+    before, after = train.load_tokenizer(tokenizer_run["out"]), train.load_tokenizer(dec["out"])
+    x = torch.stack([ImageFolder(images, 8)[i][0] for i in range(24)])
+    ids = before.img_to_idx(x)
+    assert all(torch.equal(a, b) for a, b in zip(ids, after.img_to_idx(x), strict=True))
+    err = [(vae.idx_to_img(ids) - x).square().mean().item() for vae in (before, after)]
+    assert err[1] < 0.9 * err[0]
+    assert cli(["resave", str(gen["export"]), "--out", str(tmp_path / "swapped"), "--tokenizer", str(dec["out"])]) == 0
+    swapped = edifice.load(tmp_path / "swapped", device="cpu")
+    assert torch.equal(swapped.tokenizer.decoder.conv_out.weight, after.decoder.conv_out.weight)
+    assert cli(["resave", str(gen["export"]), "--out", str(tmp_path / "no"), "--tokenizer",
+                str(tmp_path / "tok-other")]) == 1  # not a tokenizer folder
+    other = train.run("tokenizer", data=images, out=tmp_path / "other", steps=2, scales=(1, 2, 4), seed=1,
+                      **TINY_TOKENIZER, **FAST)
+    assert cli(["resave", str(gen["export"]), "--out", str(tmp_path / "no"), "--tokenizer", str(other["out"])]) == 1
+    assert not (tmp_path / "no").exists()
+    with pytest.raises(SystemExit, match="--init"):
+        train.run("tokenizer", data=images, out=tmp_path / "noinit", steps=1, decoder_only=True, **TINY_TOKENIZER)

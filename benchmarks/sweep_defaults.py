@@ -1,0 +1,94 @@
+"""Choose a checkpoint's recommended sampling settings by a sweep, scored as in ``quality.py``.
+
+    python benchmarks/sweep_defaults.py checkpoints/emoji-var [--n-per-class 16] [--grid cfg=2,3,4 top_k=0,50]
+
+Every combination of the grid is sampled (N images per class, the same seeds for each) and scored by the
+reference classifier of ``quality.py``: class fidelity and FD against the held-out images. The rule: among the
+settings whose class fidelity reaches the classifier's own held-out accuracy (samples as recognisable as real
+emoji), the one with the lowest FD; if none does, the one with the highest fidelity. It prints the table, the
+choice and the ``python -m edifice resave ... --set`` command that stores it, and writes
+``benchmarks/results/sweep_<model>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import quality  # noqa: E402  (benchmarks/quality.py: classifier, features, FD)
+
+import edifice  # noqa: E402
+from edifice.data import ImageFolder  # noqa: E402
+
+GRIDS = {  # the settings that trade class fidelity against diversity, per family
+    "var": {"cfg": [2.0, 3.0, 4.0, 6.0], "top_k": [0, 100], "top_p": [0.0, 0.9]},
+    "mar": {"cfg": [2.0, 3.0, 4.0, 6.0], "temperature": [0.7, 1.0], "randomness": [1.0, 4.5]},
+}
+
+
+def parse_grid(items: list[str]) -> dict:
+    grid = {}
+    for item in items:
+        key, _, values = item.partition("=")
+        grid[key] = [json.loads(v) for v in values.split(",")]
+    return grid
+
+
+def choose(rows: list[dict], bar: float) -> dict:
+    recognisable = [r for r in rows if r["class_fidelity"] >= bar]
+    return min(recognisable, key=lambda r: r["fd"]) if recognisable else max(rows, key=lambda r: r["class_fidelity"])
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", help="checkpoint folder or preset")
+    ap.add_argument("--data", default=str(quality.ROOT / "data" / "emoji"))
+    ap.add_argument("--n-per-class", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the classifier's numbers depend on it)")
+    ap.add_argument("--grid", nargs="*", default=None, metavar="KEY=V1,V2", help="instead of the family's grid")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    train, held = (ImageFolder(Path(args.data) / split, 64) for split in ("train", "heldout"))
+    x_tr, y_tr = quality.stack(train)
+    x_ho, y_ho = quality.stack(held)
+    clf = quality.train_classifier(x_tr, y_tr, len(train.class_names), seed=args.seed)
+    pred_ho, feat_ho = quality.predict(clf, x_ho)
+    bar = float((pred_ho == y_ho).float().mean())
+    pipe = edifice.load(args.model, device="cpu")
+    grid = parse_grid(args.grid) if args.grid else GRIDS[pipe.kind]
+    print(f"{args.model}: classifier held-out accuracy {bar:.1%}; {len(list(itertools.product(*grid.values())))} "
+          f"settings, {args.n_per_class} images per class")
+    rows = []
+    for values in itertools.product(*grid.values()):
+        kw = dict(zip(grid, values, strict=True))
+        imgs, labels, secs = quality.generate(pipe, args.n_per_class, len(train.class_names), args.seed, **kw)
+        pred, feats = quality.predict(clf, imgs)
+        rows.append({**kw, "class_fidelity": float((pred == labels).float().mean()),
+                     "fd": quality.frechet(feats, feat_ho), "seconds_per_image": secs / len(imgs)})
+        print("  ".join(f"{k}={v}" for k, v in kw.items()), f"fidelity {rows[-1]['class_fidelity']:.1%}",
+              f"FD {rows[-1]['fd']:.2f}", flush=True)
+    best = choose(rows, bar)
+    chosen = {k: best[k] for k in grid}
+    print("\nchosen:", chosen, f"(fidelity {best['class_fidelity']:.1%}, FD {best['fd']:.2f})")
+    print("store it: python -m edifice resave", args.model, "--out", args.model, "--dtype fp16 --set",
+          " ".join(f"{k}={v}" for k, v in chosen.items()))
+    out = quality.RESULTS / f"sweep_{Path(args.model).name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"model": args.model, "bar": bar, "n_per_class": args.n_per_class, "grid": grid, "rows": rows,
+              "chosen": chosen}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
