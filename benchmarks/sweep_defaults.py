@@ -28,7 +28,7 @@ import edifice  # noqa: E402
 from edifice.data import ImageFolder  # noqa: E402
 
 GRIDS = {  # the settings that trade class fidelity against diversity, per family
-    "var": {"cfg": [2.0, 3.0, 4.0, 6.0], "top_k": [0, 100], "top_p": [0.0, 0.9]},
+    "var": {"cfg": [2.0, 3.0, 5.0, 8.0], "top_p": [0.0, 0.6, 0.8, 0.9]},
     "mar": {"cfg": [2.0, 3.0, 4.0, 6.0], "temperature": [0.7, 1.0], "randomness": [1.0, 4.5]},
 }
 

@@ -86,37 +86,46 @@ def save_tokenizer(vae: VQVAE, folder: Path, card: str = "") -> Path:
 
 
 def load_tokenizer(path: Path) -> VQVAE:
-    """A tokenizer folder written by :func:`save_tokenizer`, or the run folder of a tokenizer stage."""
+    """A tokenizer folder written by :func:`save_tokenizer`, the run folder of a tokenizer stage, or an edifice
+    checkpoint with a VQ-VAE (its tokenizer, in float32)."""
     path = Path(path)
     folder = path / "export" if (path / "export" / "config.json").is_file() else path
-    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-    if config.get("format") != TOKENIZER_FORMAT:
+    fmt = _format(folder)
+    if fmt == "edifice":
+        from .loading import load
+
+        vae = load(folder, device="cpu", dtype=torch.float32).tokenizer
+        if not isinstance(vae, VQVAE):
+            raise SystemExit(f"{path}: its tokenizer is not a VQ-VAE (a {type(vae).__name__})")
+        return vae.eval().requires_grad_(False)
+    if fmt != TOKENIZER_FORMAT:
         raise SystemExit(f"{path} is not a tokenizer folder; pass the --out folder of a `tokenizer` run "
-                         "(or its export/ folder)")
+                         "(or its export/ folder, or an edifice checkpoint)")
+    config = json.loads((folder / "config.json").read_text())
     vae = VQVAE(VQVAEConfig(**config["tokenizer"]))
     vae.load_state_dict(load_file(folder / "model.safetensors"))
     return vae.eval().requires_grad_(False)
 
 
+def _format(folder: Path) -> str | None:
+    config = folder / "config.json"
+    return json.loads(config.read_text()).get("format") if config.is_file() else None
+
+
 def init_weights(path: Path, part: str) -> nn.Module:
-    """The ``--init`` weights of a new run, in float32 and trainable: ``part`` "tokenizer" takes a tokenizer
-    folder (or run) or the tokenizer of an edifice checkpoint; "model" takes the generator of an edifice
-    checkpoint. Fine-tuning a bundled model starts here instead of from random weights."""
-    path = Path(path)
-    if part == "tokenizer" and ((path / "export" / "config.json").is_file() or _format(path) == TOKENIZER_FORMAT):
+    """The ``--init`` weights of a new run, in float32 and trainable: ``part`` "tokenizer" (see
+    :func:`load_tokenizer`) or "model", the generator of an edifice checkpoint. Fine-tuning a bundled model
+    starts here instead of from random weights."""
+    if part == "tokenizer":
         module = load_tokenizer(path)
     else:
         from .loading import load
+
         try:
             module = getattr(load(path, device="cpu", dtype=torch.float32), part)
         except Exception as e:  # noqa: BLE001 -- any unreadable folder ends the command with its reason
             raise SystemExit(f"--init {path}: {e}") from None
     return module.float().train().requires_grad_(True)
-
-
-def _format(folder: Path) -> str | None:
-    config = folder / "config.json"
-    return json.loads(config.read_text()).get("format") if config.is_file() else None
 
 
 def save_pipeline(pipe, folder: Path, card: str) -> Path:

@@ -197,6 +197,8 @@ def test_init_fine_tunes_a_generator_from_its_checkpoint(images, tokenizer_run, 
     assert losses(tuned)[0] < 0.8 * losses(fresh)[0]
     assert losses(tuned)[0] == pytest.approx(np.mean(losses(source)[-5:]), rel=0.25)
     assert "--init" in (tmp_path / "tuned" / "export" / "README.md").read_text()
+    from_checkpoint, from_run = (train.load_tokenizer(p).state_dict() for p in (source["export"], tokenizer_run["out"]))
+    assert all(torch.equal(from_checkpoint[k], v) for k, v in from_run.items())  # --tokenizer takes a checkpoint
     mar_tok = train.run("tokenizer", data=images, out=tmp_path / "tok1", steps=2, scales=(4,), **TINY_TOKENIZER,
                         **FAST)
     with pytest.raises(SystemExit, match="not a discrete MAR"):
