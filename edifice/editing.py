@@ -58,6 +58,14 @@ class Edit:
                              f"and mask for the whole batch, or {b} of each")
         return b if b > 1 else batch_size
 
+    def fit_batch(self, kwargs: dict) -> None:
+        """Set a sampler's ``kwargs["batch_size"]`` to the batch it should run (:meth:`batch_size`) and refuse
+        ``kwargs["labels"]`` (a list of labels) that the edit's images or masks do not fit."""
+        kwargs["batch_size"] = self.batch_size(kwargs.get("batch_size", 1))
+        labels = kwargs.get("labels")
+        if labels is not None and not isinstance(labels, int):
+            self.check_batch(len(labels))
+
     def check_batch(self, batch_size: int) -> None:
         """Refuse a batch (e.g. as many items as ``labels``) that the edit's images or masks do not fit."""
         b = max(self.image.shape[0], self.regenerate.shape[0])

@@ -972,10 +972,7 @@ class FractalGenPipeline(Pipeline):
         edit = prepare_edit(image, mask, image_size=self.image_size, grid=math.isqrt(self.model.cfg.seq_len(0)),
                             device=self.device)
         if edit:
-            labels = kwargs.get("labels")
-            kwargs["batch_size"] = edit.batch_size(kwargs.get("batch_size", 1))
-            if labels is not None and not isinstance(labels, int):
-                edit.check_batch(len(labels))
+            edit.fit_batch(kwargs)
             kwargs.update(init_tokens=edit.image.mul(255).round().to(torch.uint8),
                           init_mask=edit.regenerate.flatten(1))
         return stream_pixels(self.model, **kwargs)

@@ -431,10 +431,7 @@ class LlamaGenPipeline(Pipeline):
             if (n != n[0]).any():
                 raise ValueError(f"{self.family} keeps the same number of tokens in every image (got {n.tolist()}): "
                                  "pass one mask for the batch, or edit one image at a time")
-            labels = kwargs.get("labels")
-            kwargs["batch_size"] = edit.batch_size(kwargs.get("batch_size", 1))
-            if labels is not None and not isinstance(labels, int):
-                edit.check_batch(len(labels))
+            edit.fit_batch(kwargs)
             kwargs["prefix_tokens"] = self.encode(edit.image)[:, :int(n[0])]
 
         def render(tokens_BL):  # the last record (nothing unknown) is always decoded exactly

@@ -449,10 +449,7 @@ class MARPipeline(Pipeline):
         if edit:
             if kwargs.get("init_tokens") is not None:
                 raise ValueError("pass either image and mask, or init_tokens, not both")
-            labels = kwargs.get("labels")
-            kwargs["batch_size"] = edit.batch_size(kwargs.get("batch_size", 1))
-            if labels is not None and not isinstance(labels, int):
-                edit.check_batch(len(labels))
+            edit.fit_batch(kwargs)
             with torch.inference_mode():
                 ids_BL = self.encode(edit.image)
             kwargs["init_tokens"] = torch.where(edit.kept, ids_BL, MASK_ID)

@@ -597,10 +597,7 @@ class DiffusionMARPipeline(Pipeline):
         check_preview(preview)
         edit = prepare_edit(image, mask, image_size=self.image_size, grid=self.model.cfg.seq_h, device=self.device)
         if edit:
-            kwargs["batch_size"] = edit.batch_size(kwargs.get("batch_size", 1))
-            labels = kwargs.get("labels")
-            if labels is not None and not isinstance(labels, int):
-                edit.check_batch(len(labels))
+            edit.fit_batch(kwargs)
             kwargs.update(init_tokens=self.encode(edit.image), init_mask=edit.regenerate.flatten(1))
 
         def render(tokens_BLC, mask_BL):  # the last step (nothing unknown) is always decoded exactly

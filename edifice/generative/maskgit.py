@@ -570,10 +570,7 @@ class MaskGITPipeline(Pipeline):
         if edit:
             if kwargs.get("init_tokens") is not None:
                 raise ValueError("pass either image and mask, or init_tokens, not both")
-            labels = kwargs.get("labels")
-            kwargs["batch_size"] = edit.batch_size(kwargs.get("batch_size", 1))
-            if labels is not None and not isinstance(labels, int):
-                edit.check_batch(len(labels))
+            edit.fit_batch(kwargs)
             kwargs["init_tokens"] = torch.where(edit.kept, self.encode(edit.image), self.model.cfg.codebook_size)
 
         def render(tokens_BL, final):  # the last step is always decoded exactly
