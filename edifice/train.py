@@ -90,26 +90,20 @@ def load_tokenizer(path: Path) -> VQVAE:
     checkpoint with a VQ-VAE (its tokenizer, in float32)."""
     path = Path(path)
     folder = path / "export" if (path / "export" / "config.json").is_file() else path
-    fmt = _format(folder)
-    if fmt == "edifice":
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    if config.get("format") == "edifice":
         from .loading import load
 
         vae = load(folder, device="cpu", dtype=torch.float32).tokenizer
         if not isinstance(vae, VQVAE):
             raise SystemExit(f"{path}: its tokenizer is not a VQ-VAE (a {type(vae).__name__})")
         return vae.eval().requires_grad_(False)
-    if fmt != TOKENIZER_FORMAT:
+    if config.get("format") != TOKENIZER_FORMAT:
         raise SystemExit(f"{path} is not a tokenizer folder; pass the --out folder of a `tokenizer` run "
                          "(or its export/ folder, or an edifice checkpoint)")
-    config = json.loads((folder / "config.json").read_text())
     vae = VQVAE(VQVAEConfig(**config["tokenizer"]))
     vae.load_state_dict(load_file(folder / "model.safetensors"))
     return vae.eval().requires_grad_(False)
-
-
-def _format(folder: Path) -> str | None:
-    config = folder / "config.json"
-    return json.loads(config.read_text()).get("format") if config.is_file() else None
 
 
 def init_weights(path: Path, part: str) -> nn.Module:
