@@ -227,13 +227,9 @@ def hole(size: int, lo: int, hi: int) -> torch.Tensor:
     return mask
 
 
-@pytest.mark.parametrize("labels, cfg", [(-1, 1.0), ([0, 2], 3.0)])  # plain inpainting; class-conditional edit
-def test_discrete_mar_edit_keeps_the_image_tokens(mar_pipe, labels, cfg):
-    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    mask = hole(32, 8, 20)  # pixels; 4 px tokens -> token rows/cols 2..4
-    ids = mar_pipe.encode(image)
-    steps = list(mar_pipe.stream(image=image, mask=mask, labels=labels, batch_size=2, cfg=cfg, num_steps=4,
-                                 seed=1))
+def assert_keeps_image_tokens(steps, ids):
+    """A batch of 2 with the 3x3 hole at token rows/cols 2..4 of an 8x8 grid (:func:`hole`): every step keeps the
+    image's tokens ``ids`` everywhere else and never hides or reveals a kept one. Returns the kept map."""
     kept = steps[0].kept
     assert kept.shape == (2, 64) and (~kept).sum(1).tolist() == [9, 9]
     assert torch.equal(kept[0].view(8, 8)[2:5, 2:5], torch.zeros(3, 3, dtype=torch.bool))
@@ -241,6 +237,17 @@ def test_discrete_mar_edit_keeps_the_image_tokens(mar_pipe, labels, cfg):
         assert torch.equal(s.kept, kept)
         assert torch.equal(s.tokens[kept], ids.expand(2, -1)[kept])
         assert not (s.mask & kept).any() and not (s.revealed & kept).any()
+    return kept
+
+
+@pytest.mark.parametrize("labels, cfg", [(-1, 1.0), ([0, 2], 3.0)])  # plain inpainting; class-conditional edit
+def test_discrete_mar_edit_keeps_the_image_tokens(mar_pipe, labels, cfg):
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mask = hole(32, 8, 20)  # pixels; 4 px tokens -> token rows/cols 2..4
+    ids = mar_pipe.encode(image)
+    steps = list(mar_pipe.stream(image=image, mask=mask, labels=labels, batch_size=2, cfg=cfg, num_steps=4,
+                                 seed=1))
+    kept = assert_keeps_image_tokens(steps, ids)
     assert (steps[-1].tokens > 0).all() and steps[-1].labels.tolist() == ([3, 3] if labels == -1 else labels)
     stats = mar_pipe.token_stats(steps[0])
     assert (stats.drawn[kept] == -1).all()
@@ -321,13 +328,8 @@ def test_maskgit_edit_keeps_the_image_tokens(maskgit_pipe, sampler, labels, cfg)
     ids = maskgit_pipe.encode(image)
     steps = list(maskgit_pipe.stream(image=image, mask=mask, labels=labels, batch_size=2, sampler=sampler, cfg=cfg,
                                      num_steps=4, seed=1, preview=False))
-    kept = steps[0].kept
-    assert kept.shape == (2, 64) and (~kept).sum(1).tolist() == [9, 9]
-    assert torch.equal(kept[0].view(8, 8)[2:5, 2:5], torch.zeros(3, 3, dtype=torch.bool))
+    kept = assert_keeps_image_tokens(steps, ids)
     for s in steps:
-        assert torch.equal(s.kept, kept)
-        assert torch.equal(s.tokens[kept], ids.expand(2, -1)[kept])
-        assert not (s.mask & kept).any() and not (s.revealed & kept).any()
         stats = maskgit_pipe.token_stats(s)
         assert (stats.drawn[kept] == -1).all() and stats.drawn_prob[kept].isnan().all()
     assert sum(int(s.revealed[0].sum()) for s in steps) >= 9 and steps[-1].labels.tolist() == (
