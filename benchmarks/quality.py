@@ -37,6 +37,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report import timed  # noqa: E402
+
 import edifice  # noqa: E402
 from edifice import render  # noqa: E402
 from edifice.data import ImageFolder  # noqa: E402
@@ -134,6 +136,21 @@ def generate(pipe, n_per_class: int, num_classes: int, seed: int, **kw) -> tuple
     return torch.cat(imgs).clamp(0, 1), torch.cat(labels), time.perf_counter() - t0
 
 
+def score(pipe, clf: Classifier, feat_ho: torch.Tensor, n_per_class: int, num_classes: int, seed: int,
+          **kw) -> dict:
+    """Class fidelity, FD against the held-out features and seconds per image of N images per class."""
+    imgs, labels, secs = generate(pipe, n_per_class, num_classes, seed, **kw)
+    pred, feats = predict(clf, imgs)
+    return {"class_fidelity": float((pred == labels).float().mean()), "fd": frechet(feats, feat_ho),
+            "seconds_per_image": secs / len(imgs)}
+
+
+def splits(data: str | Path) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Class names, then the training and the held-out split as tensors (see :func:`stack`)."""
+    train = ImageFolder(Path(data) / "train", 64)
+    return (train.class_names, *stack(train), *stack(ImageFolder(Path(data) / "heldout", 64)))
+
+
 def contact_sheet(imgs: torch.Tensor, labels: torch.Tensor, num_classes: int, per_row: int, path: Path) -> None:
     rows = [render.image_grid(imgs[labels == c][:per_row], target=64, gap=2) for c in range(num_classes)]
     sheet = Image.new("RGB", (rows[0].width, sum(r.height + 2 for r in rows)), (255, 255, 255))
@@ -157,20 +174,11 @@ def settings_for(pipe) -> list[tuple[str, dict]]:
         (f"{steps} steps, greedy (T=0)", {"temperature": 0.0})]
 
 
-def median_seconds(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 @torch.no_grad()
 def latency(pipe, label: int) -> dict:
     """Seconds to the first streamed frame (previews on, as the app runs) and to one whole image."""
-    first = median_seconds(lambda: next(iter(pipe.stream(labels=label, batch_size=1, seed=0))))
-    whole = median_seconds(lambda: pipe.generate(labels=label, batch_size=1, seed=0))
+    first = timed(lambda: next(iter(pipe.stream(labels=label, batch_size=1, seed=0))), repeats=3)
+    whole = timed(lambda: pipe.generate(labels=label, batch_size=1, seed=0), repeats=3)
     return {"first_frame_seconds": first, "image_seconds": whole}
 
 
@@ -222,11 +230,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    train = ImageFolder(Path(args.data) / "train", 64)
-    held = ImageFolder(Path(args.data) / "heldout", 64)
-    names = train.class_names
-    x_tr, y_tr = stack(train)
-    x_ho, y_ho = stack(held)
+    names, x_tr, y_tr, x_ho, y_ho = splits(args.data)
     t0 = time.perf_counter()
     clf = train_classifier(x_tr, y_tr, len(names), seed=args.seed)
     pred_ho, feat_ho = predict(clf, x_ho)
@@ -258,10 +262,8 @@ def main(argv=None) -> dict:
               f"{rep['first_frame_seconds']:.3f} s, one image {rep['image_seconds']:.3f} s")
         print(f"{'setting':<60} {'fidelity':>9} {'FD':>8} {'s/img':>7}")
         for label, kw in settings_for(pipe):
-            imgs, labels, secs = generate(pipe, args.n_per_class, len(names), args.seed, **kw)
-            pred, feats = predict(clf, imgs)
-            row = {"setting": label, **kw, "class_fidelity": float((pred == labels).float().mean()),
-                   "fd": frechet(feats, feat_ho), "seconds_per_image": secs / len(imgs)}
+            row = {"setting": label, **kw,
+                   **score(pipe, clf, feat_ho, args.n_per_class, len(names), args.seed, **kw)}
             if "scales" in kw:
                 row["keeps_fidelity"] = row["class_fidelity"] / max(rep["settings"][0]["class_fidelity"], 1e-9)
             rep["settings"].append(row)

@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (benchmarks/quality.py: classifier, features, FD)
 
 import edifice  # noqa: E402
-from edifice.data import ImageFolder  # noqa: E402
 
 GRIDS = {  # the settings that trade class fidelity against diversity, per family
     "var": {"cfg": [2.0, 3.0, 5.0, 8.0], "top_p": [0.0, 0.6, 0.8, 0.9]},
@@ -59,10 +58,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    train, held = (ImageFolder(Path(args.data) / split, 64) for split in ("train", "heldout"))
-    x_tr, y_tr = quality.stack(train)
-    x_ho, y_ho = quality.stack(held)
-    clf = quality.train_classifier(x_tr, y_tr, len(train.class_names), seed=args.seed)
+    names, x_tr, y_tr, x_ho, y_ho = quality.splits(args.data)
+    clf = quality.train_classifier(x_tr, y_tr, len(names), seed=args.seed)
     pred_ho, feat_ho = quality.predict(clf, x_ho)
     bar = float((pred_ho == y_ho).float().mean())
     pipe = edifice.load(args.model, device="cpu")
@@ -72,10 +69,7 @@ def main(argv=None) -> dict:
     rows = []
     for values in itertools.product(*grid.values()):
         kw = dict(zip(grid, values, strict=True))
-        imgs, labels, secs = quality.generate(pipe, args.n_per_class, len(train.class_names), args.seed, **kw)
-        pred, feats = quality.predict(clf, imgs)
-        rows.append({**kw, "class_fidelity": float((pred == labels).float().mean()),
-                     "fd": quality.frechet(feats, feat_ho), "seconds_per_image": secs / len(imgs)})
+        rows.append({**kw, **quality.score(pipe, clf, feat_ho, args.n_per_class, len(names), args.seed, **kw)})
         print("  ".join(f"{k}={v}" for k, v in kw.items()), f"fidelity {rows[-1]['class_fidelity']:.1%}",
               f"FD {rows[-1]['fd']:.2f}", flush=True)
     best = choose(rows, bar)
