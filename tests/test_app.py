@@ -707,8 +707,12 @@ def test_browser_compare_two_settings(app_url):
         page.wait_for_function("() => document.querySelector('#status-b textarea').value.startsWith('scale 3/3')",
                                timeout=60_000, polling=20)
         assert status_of(page, "#status-a").startswith("scale 4/4")
+        # the stream's last message sets the timeline to 100 %; typing before it lands would append to "100"
+        page.wait_for_function("() => document.querySelector('#compare-progress input[type=number]').value === '100'",
+                               timeout=10_000, polling=20)
         number = page.locator("#compare-progress input[type=number]")
         number.fill("50")
+        assert number.input_value() == "50"
         number.press("Enter")
         page.wait_for_function("() => document.querySelector('#status-a textarea').value.startsWith('scale 2/4')",
                                timeout=10_000, polling=20)
