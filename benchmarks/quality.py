@@ -42,6 +42,7 @@ from report import timed  # noqa: E402
 import edifice  # noqa: E402
 from edifice import render  # noqa: E402
 from edifice.data import ImageFolder  # noqa: E402
+from edifice.train import load_tokenizer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 MARK = ("<!-- quality:begin -->", "<!-- quality:end -->")
@@ -110,17 +111,24 @@ def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def tokenizer_quality(pipe, x: torch.Tensor, y: torch.Tensor, clf: Classifier, feat_ho: torch.Tensor) -> dict:
-    vae = pipe.tokenizer
-    idx, recon = [], []
+@torch.no_grad()
+def reconstruct(vae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """A tokenizer's codes of images ``x`` in [0, 1], their reconstructions, and the PSNR (dB, the mean over
+    images of each image's PSNR)."""
+    idx, recon, device = [], [], next(vae.parameters()).device
     for xb in x.split(128):
-        ids = vae.img_to_idx(xb * 2 - 1)
-        idx.append(torch.cat(ids, 1))
-        recon.append(vae.idx_to_img(ids).add(1).div(2))
+        ids = vae.img_to_idx(xb.to(device) * 2 - 1)
+        idx.append(torch.cat(ids, 1).cpu())
+        recon.append(vae.idx_to_img(ids).float().add(1).div(2).cpu())
     recon = torch.cat(recon)
     mse = (recon - x).square().flatten(1).mean(1)
-    psnr = (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean().item()
-    used = torch.cat(idx).unique().numel()
+    return torch.cat(idx), recon, (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean().item()
+
+
+def tokenizer_quality(pipe, x: torch.Tensor, y: torch.Tensor, clf: Classifier, feat_ho: torch.Tensor) -> dict:
+    vae = pipe.tokenizer
+    idx, recon, psnr = reconstruct(vae, x)
+    used = idx.unique().numel()
     pred, feats = predict(clf, recon.clamp(0, 1))
     return {"psnr_db": round(psnr, 2), "codebook_usage": round(used / vae.vocab_size, 3), "codes_used": used,
             "codebook_size": vae.vocab_size, "recon_fidelity": float((pred == y).float().mean()),
@@ -226,9 +234,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads; fixed because the float sums (and so the numbers) depend on it")
     ap.add_argument("--write-cards", action="store_true", help="write the Quality section into the model cards")
+    ap.add_argument("--tokenizers", nargs="+", type=Path, default=None,
+                    help="only print the held-out PSNR of these tokenizer folders or runs (on a GPU if there is one)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.tokenizers:
+        x_ho, _ = stack(ImageFolder(Path(args.data) / "heldout", 64))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        psnr = {str(t): round(reconstruct(load_tokenizer(t).to(device).eval(), x_ho)[2], 2) for t in args.tokenizers}
+        for t, db in psnr.items():
+            print(f"{t}: held-out PSNR {db} dB")
+        return psnr
 
     names, x_tr, y_tr, x_ho, y_ho = splits(args.data)
     t0 = time.perf_counter()

@@ -523,6 +523,32 @@ TASKS = {"tokenizer": TokenizerTask, "var": VARTask, "mar": MARTask, "fractalgen
 
 
 # -- the loop -------------------------------------------------------------------------------------------------
+class StepFitter:
+    """``--minutes``: times the warm-up steps after the first few (compilation, allocator and cuDNN warm-up are
+    not typical) and then sets ``args.steps`` so that the run ends after the given minutes. It decides inside the
+    warm-up, where the learning rate does not depend on ``--steps``, so the schedule the run follows is exactly
+    the one a rerun with the final ``--steps`` follows."""
+
+    skip = 5
+
+    def __init__(self, args, t_start: float):
+        if args.warmup < 2 * self.skip:
+            raise SystemExit(f"--minutes times the warm-up steps: give --warmup {2 * self.skip} or more")
+        self.args, self.t_start, self.t_skip = args, t_start, None
+        self.decide_at = min(args.warmup, 100)
+
+    def update(self, step: int, now: float) -> bool:
+        """Called after each optimizer step; True once it has set ``args.steps``."""
+        if step == self.skip:
+            self.t_skip = now
+        if step < self.decide_at:
+            return False
+        per_step = (now - self.t_skip) / (step - self.skip)
+        left = self.args.minutes * 60 - (now - self.t_start)
+        self.args.steps = max(step + 1, step + int(left / per_step))
+        return True
+
+
 def lr_at(step: int, args) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warm-up, cosine to lr/10 at ``--steps``."""
     if step < args.warmup:
@@ -564,7 +590,7 @@ def training_card(args, state: TrainState, last: dict, accelerator: Accelerator,
             f"- data: `{args.data}`, {len(data)} images, {len(data.class_names)} classes: "
             f"{', '.join(data.class_names)}\n{credits}"
             f"- hardware: {hardware(accelerator)}\n"
-            f"- {state.step} optimizer steps, {state.images} images seen, wall time "
+            f"- {state.step} optimizer steps (`--steps {args.steps}`), {state.images} images seen, wall time "
             f"{state.seconds / 60:.1f} min; weights: {f'EMA (decay {args.ema})' if args.ema else 'raw (no EMA)'}\n"
             f"- last logged metrics (training batches): {metrics or 'none'}\n")
 
@@ -601,6 +627,8 @@ def train(args) -> dict:
     saved = json.loads((out / "run.json").read_text()) if resume else None
     if saved and saved["stage"] != args.stage:
         raise SystemExit(f"{out} holds a {saved['stage']} run, not {args.stage}; use another --out")
+    if saved and args.minutes is not None:
+        args.steps = saved["options"]["steps"]  # fitted when the run began
     args.lr = TASKS[args.stage].lr if args.lr is None else args.lr
     args.weight_decay = TASKS[args.stage].weight_decay if args.weight_decay is None else args.weight_decay
     # a tokenizer step on a scale sub-list leaves some phi convs without gradient; DDP must be told
@@ -646,6 +674,7 @@ def train(args) -> dict:
     bar = tqdm(total=args.steps, initial=state.step, desc=args.stage, unit="step",
                disable=not accelerator.is_main_process, dynamic_ncols=True)
     batches = task.batches(state.batches, accelerator.process_index, world)
+    fit = StepFitter(args, t_start) if args.minutes is not None and state.step == 0 else None
     model.train()
     while state.step < args.steps:
         batch = next(batches)
@@ -673,6 +702,14 @@ def train(args) -> dict:
         ema.update(accelerator.unwrap_model(model), state.step)
         gauges = task.after_step(accelerator, model, optimizer, state, g)
         now = time.perf_counter()
+        if fit is not None and fit.update(state.step, now):
+            args.steps = int(broadcast(torch.tensor([args.steps], device=accelerator.device)).item())
+            bar.total = args.steps
+            fit = None
+            if accelerator.is_main_process:  # a resumed run follows the fitted schedule
+                run_json = json.loads((out / "run.json").read_text())
+                run_json["options"]["steps"] = args.steps
+                (out / "run.json").write_text(json.dumps(run_json, indent=2) + "\n")
         state.seconds = seconds_before + now - t_start
         if state.step % args.log_every == 0 or state.step == args.steps:
             n = sums.pop("_n")
@@ -713,6 +750,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=10_000, help="optimizer steps in all, resumed runs included")
     g.add_argument("--max-minutes", type=float, default=None,
                    help="stop cleanly (save and export) after this many minutes of this invocation")
+    g.add_argument("--minutes", type=float, default=None,
+                   help="fit --steps to this many minutes of a new run: the speed of its first warm-up steps sets "
+                        "the steps, so the learning-rate schedule ends on time (the card records them; rerun with "
+                        "that --steps to repeat the schedule)")
     g.add_argument("--batch-size", type=int, default=32, help="images per process per micro-batch")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate (default: per stage)")

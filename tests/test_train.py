@@ -2,7 +2,9 @@
 down, exports load and sample, a resumed run continues the step count and matches an uninterrupted one,
 ``--max-minutes`` stops cleanly, metrics.csv is written; plus the data-order and scale-list helpers."""
 
+import argparse
 import csv
+import json
 import math
 
 import numpy as np
@@ -117,6 +119,23 @@ def test_max_minutes_stops_and_resume_matches_an_uninterrupted_run(images, tmp_p
         assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
     with pytest.raises(SystemExit, match="tokenizer run"):
         train.run("var", data=images, out=tmp_path / "a", tokenizer=tmp_path / "a", steps=1)
+
+
+def test_minutes_fits_the_steps_and_a_rerun_with_them_repeats_the_run(images, tmp_path):
+    """--minutes sets --steps from the warm-up's speed; the schedule then ends with the run, the
+    run folder and card record the steps, and a run given those --steps follows the same losses."""
+    opts = dict(data=images, scales=(1, 2, 4), lr=2e-3, dead_after=2, **TINY_TOKENIZER, **{**FAST, "warmup": 10})
+    fitted = train.run("tokenizer", out=tmp_path / "a", minutes=0.05, **opts)
+    steps = fitted["step"]
+    assert fitted["stopped"] == "steps" and 10 < steps < 10_000
+    schedule = argparse.Namespace(lr=2e-3, warmup=10, steps=steps)  # the cosine reaches its end with the run
+    assert fitted["history"][-1]["lr"] == pytest.approx(train.lr_at(steps - 1, schedule))
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["options"]["steps"] == steps
+    assert f"`--steps {steps}`" in (tmp_path / "a" / "export" / "README.md").read_text()
+    again = train.run("tokenizer", out=tmp_path / "b", steps=steps, **opts)
+    assert losses(again) == pytest.approx(losses(fitted), rel=1e-5)
+    with pytest.raises(SystemExit, match="--warmup 10 or more"):
+        train.run("tokenizer", out=tmp_path / "c", minutes=1, **{**opts, "warmup": 5})
 
 
 def test_random_scale_sub_lists_are_valid_and_varied():
