@@ -4,7 +4,7 @@
 # the models are small, so one process alone leaves it mostly idle. Every run is fitted to its minutes
 # (`--minutes`), so the whole recipe takes about T1 + T2 + 1 minutes.
 #
-#   bash scripts/train_bundled_gpu.sh            # DATA=data/emoji RUNS=runs/round3 T1=3.4 T2=4.4
+#   bash scripts/train_bundled_gpu.sh            # DATA=data/emoji RUNS=runs/round3 T1=3.2 T2=4.2
 #   EXTRA="--batch-size 4 --warmup 10 --log-every 5" T1=0.5 T2=0.5 bash scripts/train_bundled_gpu.sh  # dry run
 #
 # Writes RUNS/{tok-var,tok-mar,tok-mar1024,dec-var,dec-mar,emoji-var,emoji-mar} (run folders with metrics.csv and
@@ -13,8 +13,8 @@
 set -uo pipefail
 DATA=${DATA:-data/emoji}
 RUNS=${RUNS:-runs/round3}
-T1=${T1:-3.4}
-T2=${T2:-4.4}
+T1=${T1:-3.2}
+T2=${T2:-4.2}
 WORKERS=${WORKERS:-3}
 mkdir -p "$RUNS"
 
@@ -33,7 +33,8 @@ finish() {  # wait for the background runs; stop the recipe if one failed
 PIDS=()
 
 # 1. tokenizers: VAR's multi-scale one ending at 16x16, MAR's single-scale 16x16 with 512 and 1024 codes
-TOK="--ch 32 --num-res-blocks 1 --embed-dim 32 --batch-size 128 --lr 1e-3 --warmup 200 --minutes $T1"
+within() { echo "--minutes $1 --max-minutes $(awk "BEGIN {print $1 * 1.1}")"; }  # fitted, and a hard stop
+TOK="--ch 32 --num-res-blocks 1 --embed-dim 32 --batch-size 128 --lr 1e-3 --warmup 200 $(within $T1)"
 train tok-var tokenizer --scales 1,2,3,4,6,8,12,16 --codebook-size 512 $TOK
 train tok-mar tokenizer --scales 16 --codebook-size 512 $TOK
 train tok-mar1024 tokenizer --scales 16 --codebook-size 1024 $TOK
@@ -51,10 +52,10 @@ EOF
 echo "MAR tokenizer: $MARTOK" | tee -a "$RUNS/psnr.txt"
 
 # 2. generators on those tokens, and the decoders alone
-GEN="--batch-size 128 --lr 6e-4 --warmup 200 --dropout 0.1 --minutes $T2"
+GEN="--batch-size 128 --lr 6e-4 --warmup 200 --dropout 0.1 $(within $T2)"
 train emoji-var var --tokenizer "$RUNS/tok-var" --depth 8 --width 128 --heads 4 --scale-aug 0.3 $GEN
 train emoji-mar mar --tokenizer "$RUNS/$MARTOK" --depth 6 --width 192 --heads 6 $GEN
-DEC="--decoder-only --batch-size 128 --lr 3e-4 --warmup 100 --minutes $T2"
+DEC="--decoder-only --batch-size 128 --lr 3e-4 --warmup 100 $(within $T2)"
 train dec-var tokenizer --init "$RUNS/tok-var" $DEC
 train dec-mar tokenizer --init "$RUNS/$MARTOK" $DEC
 finish
