@@ -527,7 +527,9 @@ class StepFitter:
     """``--minutes``: times the warm-up steps after the first few (compilation, allocator and cuDNN warm-up are
     not typical) and then sets ``args.steps`` so that the run ends after the given minutes. It decides inside the
     warm-up, where the learning rate does not depend on ``--steps``, so the schedule the run follows is exactly
-    the one a rerun with the final ``--steps`` follows."""
+    the one a rerun with the final ``--steps`` follows. The fit is only as good as the warm-up's speed: runs that
+    speed up later (new tensor shapes, such as VAR's random scale lists, are slow the first time) end early, and
+    runs that slow down (another job on the same GPU) end at ``--max-minutes`` when given."""
 
     skip = 5
 

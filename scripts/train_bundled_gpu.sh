@@ -4,7 +4,7 @@
 # the models are small, so one process alone leaves it mostly idle. Every run is fitted to its minutes
 # (`--minutes`), so the whole recipe takes about T1 + T2 + 1 minutes.
 #
-#   bash scripts/train_bundled_gpu.sh            # DATA=data/emoji RUNS=runs/round3 T1=3.2 T2=4.2
+#   bash scripts/train_bundled_gpu.sh            # DATA=data/emoji RUNS=runs/round3 T1=3.0 T2=4.0
 #   EXTRA="--batch-size 4 --warmup 10 --log-every 5" T1=0.5 T2=0.5 bash scripts/train_bundled_gpu.sh  # dry run
 #
 # Writes RUNS/{tok-var,tok-mar,tok-mar1024,dec-var,dec-mar,emoji-var,emoji-mar} (run folders with metrics.csv and
@@ -13,8 +13,8 @@
 set -uo pipefail
 DATA=${DATA:-data/emoji}
 RUNS=${RUNS:-runs/round3}
-T1=${T1:-3.2}
-T2=${T2:-4.2}
+T1=${T1:-3.0}
+T2=${T2:-4.0}
 WORKERS=${WORKERS:-3}
 mkdir -p "$RUNS"
 
