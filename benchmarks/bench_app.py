@@ -70,9 +70,9 @@ def main(argv=None) -> dict:
     client = Client(url, download_files=False, verbose=False)
     rows = []
     try:
-        for model, extra in (("emoji-var", {}), ("emoji-mar", {"steps": 16})):
+        for model, extra in (("emoji-var", {}), ("emoji-mar", {"num_steps": 16})):
             for preview in ("full", "fast", "latent"):
-                kw = dict(model=model, class_name="6", seed=0, preview=preview, **extra)
+                kw = dict(model=model, class_name="6", seed=0, settings={"preview": preview, **extra})
                 one(client, **kw)  # warm-up (loads the model)
                 runs = [one(client, **kw) for _ in range(args.repeats)]
                 rows.append({"model": model, "preview": preview, "updates": runs[0][2],
