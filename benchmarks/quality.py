@@ -111,7 +111,6 @@ def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def reconstruct(vae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
     """A tokenizer's codes of images ``x`` in [0, 1], their reconstructions, and the PSNR (dB, the mean over
     images of each image's PSNR)."""
