@@ -11,7 +11,9 @@ edifice.train ...``), with ``--mixed-precision`` and ``--grad-accum``. Input is 
   straight-through. Dead codes: a code no image chose for ``--dead-after`` steps (since it was last set) is
   re-initialised from a random quantizer input of the current batch (its Adam moments zeroed, its EMA copy
   moved with it). ``codes_used`` in the metrics is the share of codes chosen within the last
-  ``--dead-after`` steps.
+  ``--dead-after`` steps. ``--flip`` and ``--shift N`` augment the images (mirror, move by up to N px): the
+  tokenizer memorises a few thousand emoji (27 dB on training images, 23 on held-out ones), and a decoder
+  fine-tuned with ``--decoder-only`` on moved and mirrored images generalises better.
 - ``var``: teacher-forced cross-entropy over the whole token pyramid in one pass (block-causal mask), class
   dropout for classifier-free guidance. ``--scale-aug P``: a share P of the batches trains on a random
   valid sub-list of the scales (first and last kept, each one between with probability 1/2), its tokens
@@ -175,6 +177,21 @@ def pick_scale_ids(patch_nums, share: float, generator: torch.Generator) -> list
     return None
 
 
+def augment(img: torch.Tensor, flip: bool, shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Tokenizer augmentation of images ``[B, C, H, W]`` in [-1, 1]: each image mirrored left-right with
+    probability 1/2 (``flip``) and moved by up to ``shift`` pixels each way, uncovered pixels white (the emoji
+    are composited on white). The draws come from ``generator`` (CPU), so a resumed run repeats them."""
+    B, _, H, W = img.shape
+    if flip:
+        mirror = (torch.rand(B, generator=generator) < 0.5).to(img.device)
+        img = torch.where(mirror[:, None, None, None], img.flip(-1), img)
+    if shift > 0:
+        dy, dx = (torch.randint(0, 2 * shift + 1, (2, B), generator=generator)).tolist()
+        padded = F.pad(img, (shift,) * 4, value=1.0)
+        img = torch.stack([padded[i, :, y:y + H, x:x + W] for i, (y, x) in enumerate(zip(dy, dx, strict=True))])
+    return img
+
+
 def quantizer_inputs(vae: VQVAE, img: torch.Tensor) -> torch.Tensor:
     """Every vector the quantizer snaps to a code for these images, ``[N, Cvae]``: per scale the residual
     ``f - f_hat`` so far, area-downsampled to that scale (dead codes are re-initialised from these)."""
@@ -309,7 +326,7 @@ class TokenizerTask(Task):
         return self.image_batches(self.dataset, start, rank, world)
 
     def loss(self, model, batch, g):
-        img, _ = batch
+        img = augment(batch[0], self.args.flip, self.args.shift, g)
         recon, vq_loss, hits = model(img, pick_scale_ids(self.model.cfg.patch_nums, self.args.scale_aug, g))
         recon = recon.float()
         rec = F.l1_loss(recon, img) if self.args.recon_loss == "l1" else F.mse_loss(recon, img)
@@ -790,6 +807,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--beta", type=float, default=0.25, help="commitment weight")
     t.add_argument("--dead-after", type=int, default=200, help="re-initialise codes unused this many steps (0: off)")
     t.add_argument("--scale-aug", type=float, default=0.0, help="share of batches on a random scale sub-list")
+    t.add_argument("--flip", action="store_true", help="mirror half the images left-right (augmentation)")
+    t.add_argument("--shift", type=int, default=0,
+                   help="move each image by up to this many pixels each way, white fill (augmentation)")
     t.add_argument("--decoder-only", action="store_true",
                    help="train only post_quant_conv and the decoder of the --init tokenizer: every image keeps its "
                         "tokens, so generators trained on them stay valid (swap it in with `resave --tokenizer`)")
