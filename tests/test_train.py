@@ -254,3 +254,22 @@ def test_decoder_only_keeps_every_token_and_resave_swaps_it_in(images, tokenizer
     assert not (tmp_path / "no").exists()
     with pytest.raises(SystemExit, match="--init"):
         train.run("tokenizer", data=images, out=tmp_path / "noinit", steps=1, decoder_only=True, **TINY_TOKENIZER)
+
+
+def test_augment_mirrors_and_moves_with_white_fill_and_repeats_from_its_seed(images, tokenizer_run, tmp_path):
+    """``--flip``/``--shift``: each image is itself, its mirror, or moved by at most ``shift`` px with white
+    where it uncovers; the same generator seed gives the same batch; a decoder fine-tune takes the flags."""
+    x = torch.rand(16, 3, 8, 8) * 2 - 1
+    assert torch.equal(train.augment(x, False, 0, torch.Generator().manual_seed(0)), x)
+    a = train.augment(x, True, 0, torch.Generator().manual_seed(0))
+    mirrored = [torch.equal(a[i], x[i].flip(-1)) for i in range(16)]
+    assert all(m or torch.equal(a[i], x[i]) for i, m in enumerate(mirrored)) and 3 <= sum(mirrored) <= 13
+    s = train.augment(x, False, 2, torch.Generator().manual_seed(1))
+    padded = torch.nn.functional.pad(x, (2,) * 4, value=1.0)
+    offsets = [next((dy, dx) for dy in range(5) for dx in range(5)
+                    if torch.equal(s[i], padded[i, :, dy:dy + 8, dx:dx + 8])) for i in range(16)]
+    assert len(set(offsets)) > 3
+    assert torch.equal(s, train.augment(x, False, 2, torch.Generator().manual_seed(1)))
+    dec = train.run("tokenizer", data=images, out=tmp_path / "dec", steps=3, decoder_only=True, flip=True, shift=2,
+                    init=tokenizer_run["out"], **FAST)
+    assert dec["step"] == 3 and json.loads((dec["out"] / "run.json").read_text())["options"]["shift"] == 2
