@@ -183,9 +183,10 @@ def settings_for(pipe) -> list[tuple[str, dict]]:
 
 @torch.no_grad()
 def latency(pipe, label: int) -> dict:
-    """Seconds to the first streamed frame (previews on, as the app runs) and to one whole image."""
-    first = timed(lambda: next(iter(pipe.stream(labels=label, batch_size=1, seed=0))), repeats=3)
-    whole = timed(lambda: pipe.generate(labels=label, batch_size=1, seed=0), repeats=3)
+    """Seconds to the first streamed frame (previews on, as the app runs) and to one whole image: the median of
+    7 runs after an untimed one (medians of 3 without it moved by up to 20% between runs on a 2-core machine)."""
+    first = timed(lambda: next(iter(pipe.stream(labels=label, batch_size=1, seed=0))), repeats=7, warmup=True)
+    whole = timed(lambda: pipe.generate(labels=label, batch_size=1, seed=0), repeats=7, warmup=True)
     return {"first_frame_seconds": first, "image_seconds": whole}
 
 
