@@ -42,7 +42,7 @@ from report import timed  # noqa: E402
 import edifice  # noqa: E402
 from edifice import render  # noqa: E402
 from edifice.data import ImageFolder  # noqa: E402
-from edifice.train import load_tokenizer  # noqa: E402
+from edifice.train import augment, load_tokenizer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 MARK = ("<!-- quality:begin -->", "<!-- quality:end -->")
@@ -82,9 +82,7 @@ def train_classifier(x, y, num_classes: int, epochs: int = 12, seed: int = 0) ->
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x) - 63, 64):
             idx = perm[i:i + 64]
-            xb = x[idx]
-            flip = torch.rand(len(idx), generator=g) < 0.5
-            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+            xb = augment(x[idx], flip=True, shift=0, generator=g)
             loss = F.cross_entropy(clf(xb), y[idx])
             opt.zero_grad()
             loss.backward()

@@ -180,7 +180,8 @@ def pick_scale_ids(patch_nums, share: float, generator: torch.Generator) -> list
 def augment(img: torch.Tensor, flip: bool, shift: int, generator: torch.Generator) -> torch.Tensor:
     """Tokenizer augmentation of images ``[B, C, H, W]`` in [-1, 1]: each image mirrored left-right with
     probability 1/2 (``flip``) and moved by up to ``shift`` pixels each way, uncovered pixels white (the emoji
-    are composited on white). The draws come from ``generator`` (CPU), so a resumed run repeats them."""
+    are composited on white; mirroring alone works on any range). The draws come from ``generator`` (CPU), so a
+    resumed run repeats them."""
     B, _, H, W = img.shape
     if flip:
         mirror = (torch.rand(B, generator=generator) < 0.5).to(img.device)
