@@ -12,7 +12,7 @@
   images are scored too: what a perfect generator on these tokens would reach.
 - Rows: the checkpoint's recommended settings first ("defaults"), then VAR at two shorter scale lists (with the
   share of the full list's fidelity they keep), MAR at 8 and 64 steps and greedy. Time to the first frame
-  (one image, previews on) and to one whole image are medians of 3 runs at the defaults.
+  (one image, previews on) and to one whole image are medians of 7 runs after an untimed one, at the defaults.
 - A contact sheet (one row per class) is saved beside each model card (``samples.png``).
 
 Prints a table, writes ``benchmarks/results/quality.json`` (or ``--json``) and, with ``--write-cards``, a

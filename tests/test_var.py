@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 import edifice
 from edifice.generative import var as var_mod
 from edifice.official import infer_var_config, load_official_var
+from edifice.pipeline import sample_top_k_top_p_
 from edifice.tokenizers.vqvae import VQVAE, VQVAEConfig, phi_index
 
 FIX = Path(__file__).parent / "fixtures" / "var"
@@ -341,3 +342,19 @@ def test_fast_preview_decodes_each_scale_at_its_own_size(pipe):
     assert not torch.equal(fast[1].image, full[1].image)
     with pytest.raises(ValueError, match="preview must be"):
         next(pipe.stream(labels=[1], preview="quick"))
+
+
+@pytest.mark.parametrize("spread", [4.0, 0.3])  # peaked: the 64 best hold top_p (partial top-k); flat: full sort
+def test_top_p_keeps_the_official_set_with_or_without_the_full_sort(spread):
+    g = torch.Generator().manual_seed(0)
+    for top_p in (0.3, 0.6, 0.9):
+        logits = torch.randn(2, 300, 512, generator=g) * spread
+        assert bool((logits.softmax(-1).topk(64).values.sum(-1) >= top_p).all()) == (spread > 1)
+        sorted_logits, sorted_idx = logits.sort(dim=-1)  # the official rule, written out
+        remove = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
+        remove[..., -1] = False
+        expected = ~remove.scatter(-1, sorted_idx, remove)
+        filtered = logits.clone()
+        sample_top_k_top_p_(filtered, top_p=top_p, rng=torch.Generator().manual_seed(1))
+        assert torch.equal(filtered.isfinite(), expected)
+        assert 1 < expected.sum(-1).float().mean() < 512
