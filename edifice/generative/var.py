@@ -106,14 +106,10 @@ class AdaLNSelfAttn(nn.Module):
         else:
             self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
 
-    def modulation(self, cond_BD: torch.Tensor) -> torch.Tensor:
-        """The block's six AdaLN vectors ``[B, 1, 6, C]`` (gains, scales, shifts) from ``cond_BD``: the class
-        vector ``[B, C]``, or with shared AdaLN the shared projection ``[B, 1, 6, C]``. They depend on the class
-        alone, so a sampler computes them once per generation rather than once per scale."""
-        return (self.ada_gss + cond_BD) if self.shared_aln else self.ada_lin(cond_BD).view(-1, 1, 6, self.C)
-
-    def forward(self, x_BLC, ada_B16C, attn_bias=None, cache: KVCache | None = None):
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = ada_B16C.unbind(2)
+    def forward(self, x_BLC, cond_BD, attn_bias=None, cache: KVCache | None = None):
+        # cond_BD is the class vector [B, C], or with shared AdaLN the shared projection [B, 1, 6, C]
+        ada = (self.ada_gss + cond_BD) if self.shared_aln else self.ada_lin(cond_BD).view(-1, 1, 6, self.C)
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = ada.unbind(2)
         h = self.attn(modulate(self.ln_wo_grad(x_BLC), shift1, scale1), attn_bias, cache)
         x_BLC = x_BLC + self.drop_path(h.mul(gamma1))
         h = self.ffn(modulate(self.ln_wo_grad(x_BLC), shift2, scale2))
@@ -182,10 +178,8 @@ class VAR(nn.Module):
         x = self.word_embed(f_BCvhw.flatten(2).transpose(1, 2).to(self.word_embed.weight.dtype))
         return x + self.lvl_pos(slice(*self.begin_ends[si]))
 
-    def modulations(self, cond_BD: torch.Tensor) -> list[torch.Tensor]:
-        """Every block's AdaLN vectors (:meth:`AdaLNSelfAttn.modulation`) for the class vectors ``cond_BD``."""
-        cond = self.shared_ada_lin(cond_BD)
-        return [block.modulation(cond) for block in self.blocks]
+    def block_cond(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        return self.shared_ada_lin(cond_BD)
 
     def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         """AdaLN head, computed in float32 like the official code."""
@@ -217,8 +211,9 @@ class VAR(nn.Module):
             pos = self.positions(ids)
             attn_bias = self.attn_bias_for_masking[:, :, pos[:, None], pos[None, :]]
         x_BLC = x_BLC + self.lvl_pos(pos)
-        for block, ada in zip(self.blocks, self.modulations(cond_BD), strict=True):
-            x_BLC = block(x_BLC, ada, attn_bias)
+        cond = self.block_cond(cond_BD)
+        for block in self.blocks:
+            x_BLC = block(x_BLC, cond, attn_bias)
         return self.get_logits(x_BLC, cond_BD)
 
     def cast(self, dtype: torch.dtype) -> VAR:
@@ -367,9 +362,9 @@ class ScaleGraphs:
             pool = graph.pool()
 
     def _forward(self, j: int) -> torch.Tensor:
-        x_BLC = self.x[j]
-        for block, ada, cache in zip(self.var.blocks, self.var.modulations(self.cond_BD), self.caches, strict=True):
-            x_BLC = block(x_BLC, ada, None, cache)
+        cond, x_BLC = self.var.block_cond(self.cond_BD), self.x[j]
+        for block, cache in zip(self.var.blocks, self.caches, strict=True):
+            x_BLC = block(x_BLC, cond, None, cache)
         return self.var.get_logits(x_BLC, self.cond_BD)
 
     def run(self, owner: object, j: int, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
@@ -441,7 +436,7 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
         keep = [k.expand(B, -1) for k in scale_keep_masks(~edit.regenerate, [var.patch_nums[si] for si in scale_ids])]
 
     cond_BD = var.class_emb(torch.cat((label_B, torch.full_like(label_B, var.num_classes))))
-    adas = var.modulations(cond_BD)
+    cond = var.block_cond(cond_BD)
     x_BLC = var.sos(cond_BD) + var.lvl_pos(slice(0, var.first_l))
     f_hat = torch.zeros(B, vae.Cvae, H, H, device=device)
     graphs = var.scale_graphs(B, scale_ids) if resolve_cuda_graphs(var, cuda_graphs) else None
@@ -453,8 +448,8 @@ def stream_var(var: VAR, vae: VQVAE, *, labels=None, batch_size: int = 1, cfg: f
         if graphs:
             logits_2BlV = graphs.run(owner, j, x_BLC, cond_BD)
         else:
-            for block, ada, cache in zip(var.blocks, adas, caches, strict=True):
-                x_BLC = block(x_BLC, ada, None, cache)
+            for block, cache in zip(var.blocks, caches, strict=True):
+                x_BLC = block(x_BLC, cond, None, cache)
             logits_2BlV = var.get_logits(x_BLC, cond_BD)
         t = cfg * ratio
         guided_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
