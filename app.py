@@ -818,7 +818,16 @@ def select_model(spec, progress=gr.Progress()):
     defaults = {c.name: c.default for c in pipe.controls()}
     note = settings_note(spec, 1, [defaults.get(c.name) if c is not None else None for c in slot_controls(pipe)])
     return (info, gr.update(choices=classes, value=showcase_class(pipe)), legend,
-            *(slot_update(c, defaults) for c in slot_controls(pipe)), *CLEARED, None, "", note)
+            *(slot_update(c, defaults) for c in slot_controls(pipe)), *CLEARED, None, "", note, check_spec(spec))
+
+
+def check_slots_belong(model, slots_for):
+    """The page's settings slots mean what the model shown in them says: pressing Generate while another model
+    loads would send the previous model's settings (e.g. MAR's steps as VAR's scales); say so instead."""
+    spec = check_spec(model)
+    if slots_for != spec:
+        fail(f"The settings shown are still those of {slots_for or 'no model'}, not {spec}: wait until "
+             f"{spec}'s settings show (pick it again if loading it failed), then press the button again.")
 
 
 def slot_visibility(model, slots) -> list:
@@ -857,7 +866,7 @@ def build_demo() -> gr.Blocks:
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
                 model = gr.Dropdown(model_choices(), value=spec, label="Model", allow_custom_value=True)
-                info = gr.Markdown(elem_classes="legend")
+                info = gr.Markdown(elem_classes="legend", elem_id="model-info")
                 class_name = gr.Dropdown(["random"], value="random", label="Class", filterable=True,
                                          allow_custom_value=True)
                 with gr.Row():
@@ -970,14 +979,16 @@ def build_demo() -> gr.Blocks:
         run_outputs = [live, tokens, uncertainty, status, numbers, timeline, gallery, timings_df, gif, webp, png,
                        run_info]
         view = [live, tokens, uncertainty, status, numbers]
-        selected = [info, class_name, legend, *slots, *run_outputs, candidates, picked, note]
+        slots_for = gr.State(None)  # the model whose settings the slots show (select_model sets it)
+        selected = [info, class_name, legend, *slots, *run_outputs, candidates, picked, note, slots_for]
         model.change(select_model, model, selected, api_name="select_model", show_progress_on=info)
         demo.load(select_model, model, selected, api_visibility="private", show_progress_on=info)
         # the page's handlers take their inputs as one dict (a set of components), so that the slots can be any
         # number and Gradio still passes the request (the browser session) by annotation
-        page = {model, class_name, seed, randomize, num_images, pace, pinned, edit_image, region, *slots}
+        page = {model, class_name, seed, randomize, num_images, pace, pinned, edit_image, region, slots_for, *slots}
 
         def values(d):
+            check_slots_belong(d[model], d[slots_for])
             return [d[c] for c in slots]
 
         def on_generate(d, request: gr.Request, progress=gr.Progress()):
@@ -996,12 +1007,19 @@ def build_demo() -> gr.Blocks:
             yield from compare_page(d[pinned], d[model], d[class_name], d[seed], d[num_images], values(d), request,
                                     progress)
 
+        def shown(d):  # the slots show the model picked (else the switch's own update is on its way)
+            try:
+                return d[slots_for] == check_spec(d[model])
+            except gr.Error:
+                return False
+
         for slot in [num_images, *slots]:
-            slot.input(lambda d: settings_note(d[model], d[num_images], values(d)), page, note,
-                       api_visibility="private", trigger_mode="always_last",
+            slot.input(lambda d: settings_note(d[model], d[num_images], [d[c] for c in slots]) if shown(d)
+                       else gr.update(), page, note, api_visibility="private", trigger_mode="always_last",
                        show_progress="hidden")
         for slot in slots:
-            slot.input(lambda d: slot_visibility(d[model], values(d)), page, slots, api_visibility="private",
+            slot.input(lambda d: slot_visibility(d[model], [d[c] for c in slots]) if shown(d)
+                       else [gr.update()] * len(slots), page, slots, api_visibility="private",
                        trigger_mode="always_last", show_progress="hidden")
         run = go.click(on_generate, page,
                        [*run_outputs, timer], api_visibility="private", concurrency_id="gpu", concurrency_limit=1,

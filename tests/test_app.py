@@ -543,14 +543,18 @@ def browser_page(app_url, width: int = 1366, height: int = 768, model: str | Non
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": width, "height": height})
         page.goto(app_url)
-        page.get_by_text("tiny-mar · MAR (discrete)").first.wait_for()
+        page.locator("#model-info", has_text="tiny-mar · MAR (discrete)").wait_for()
         if model:
-            box = page.get_by_label("Model")
-            box.fill(model)
-            box.press("Enter")
-            page.get_by_text(f"{model} · ").first.wait_for()
+            pick_model(page, model)
+            page.locator("#model-info", has_text=f"{model} · ").wait_for()  # the switch is done, its settings shown
         yield page
         browser.close()
+
+
+def pick_model(page, model: str):
+    box = page.get_by_label("Model")
+    box.fill(model)
+    box.press("Enter")
 
 
 def status_of(page, elem="#status") -> str:
@@ -675,6 +679,26 @@ def test_browser_watch_speed_shows_every_step_of_a_fast_run(app_url):
         page.get_by_role("button", name="Play").click()  # replay from the start
         page.wait_for_function("() => document.querySelector('#status textarea').value.startsWith('scale 1/4')",
                                timeout=10_000, polling=20)
+
+
+@needs_chromium
+def test_browser_generate_during_a_model_switch_says_to_wait(app_url, monkeypatch):
+    """Generate pressed while another model loads would send the previous model's settings (tiny-mar's steps as
+    tiny-var's scales): the page says to wait instead; once the new settings show, Generate runs."""
+    import app
+
+    load = app.load
+    monkeypatch.setattr(app, "load", lambda spec, *a: time.sleep(2) or load(spec, *a) if spec == "tiny-var"
+                        else load(spec, *a))
+    with browser_page(app_url, 1400, 1000) as page:
+        pick_model(page, "tiny-var")
+        page.get_by_role("button", name="Generate").click()
+        page.get_by_text("The settings shown are still those of tiny-mar, not tiny-var").first.wait_for(timeout=10_000)
+        assert status_of(page) == ""
+        page.locator("#model-info", has_text="tiny-var · ").wait_for()
+        page.get_by_role("button", name="Generate").click()
+        wait_done(page)
+        assert status_of(page).startswith("scale 4/4")
 
 
 @needs_chromium
