@@ -591,10 +591,8 @@ def test_browser_generate_stop_and_live_fit_a_small_screen(app_url):
         page.screenshot(path=str(RESULTS / "app.png"))
 
         # a run slow enough to stop on any machine: MAR with diffusion head at 1000 diffusion steps
-        model = page.get_by_label("Model")
-        model.fill("tiny-mar-diffusion")
-        model.press("Enter")
-        page.get_by_label("Diffusion steps").first.wait_for()
+        pick_model(page, "tiny-mar-diffusion")
+        page.locator("#model-info", has_text="tiny-mar-diffusion · ").wait_for()
         for label, value in (("Diffusion steps", "1000"), ("Steps", "16")):
             box = page.get_by_label(label, exact=True).first
             box.fill(value)
