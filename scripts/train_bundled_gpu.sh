@@ -12,7 +12,7 @@
 # the 3448 training emoji (MAR's: 27.1 dB on them, 23.4 on held-out ones, 24.5 on the training images mirrored).
 # Its unaugmented decoder-only run ended at 26.0 dB on training batches and 23.36 on held-out emoji; a CPU
 # decoder fine-tune with AUG's two flags went on gaining (23.36 -> 23.62 dB in 1000 steps of 32, then 23.90 in
-# 3000 more and 23.998 in 4000 more with --recon-loss mse; see checkpoints/emoji-mar/README.md).
+# 3000 more, 23.998 in 4000 more and 24.06 in 4000 more again with --recon-loss mse; see checkpoints/emoji-mar/README.md).
 #
 # Writes RUNS/{tok-var,tok-mar,tok-mar1024,dec-var,dec-mar,emoji-var,emoji-mar} (run folders with metrics.csv and
 # export/), RUNS/psnr.txt, and the two checkpoints RUNS/ckpt-var, RUNS/ckpt-mar (fp16, decoders swapped in;
