@@ -987,38 +987,42 @@ def build_demo() -> gr.Blocks:
         # number and Gradio still passes the request (the browser session) by annotation
         page = {model, class_name, seed, randomize, num_images, pace, pinned, edit_image, region, slots_for, *slots}
 
-        def values(d):
-            check_slots_belong(d[model], d[slots_for])
+        def values(d):  # the slots as the page sent them
             return [d[c] for c in slots]
+
+        def checked(d):  # the slots for a run: refused while they still show another model's settings
+            check_slots_belong(d[model], d[slots_for])
+            return values(d)
 
         def on_generate(d, request: gr.Request, progress=gr.Progress()):
             yield from generate_page(d[model], d[class_name], d[seed], d[randomize], d[num_images], d[pace],
-                                     values(d), request, progress)
+                                     checked(d), request, progress)
 
         def on_edit(d, request: gr.Request, progress=gr.Progress()):
             for j, out in enumerate(run_generation(d[model], d[class_name], d[seed], d[randomize], d[num_images],
                                                    None, PACES.get(d[pace], 0.0), request, progress,
-                                                   slots=values(d), edit=(d[edit_image], None, d[region]))):
+                                                   slots=checked(d), edit=(d[edit_image], None, d[region]))):
                 pace_on = PACES.get(d[pace], 0.0) > 0 and j == 1
                 yield (*out, gr.Timer(value=PACES.get(d[pace]), active=True) if pace_on else gr.update(),
                        gr.Tabs(selected="watch") if j == 0 else gr.update())
 
         def on_compare(d, request: gr.Request, progress=gr.Progress()):
-            yield from compare_page(d[pinned], d[model], d[class_name], d[seed], d[num_images], values(d), request,
+            yield from compare_page(d[pinned], d[model], d[class_name], d[seed], d[num_images], checked(d), request,
                                     progress)
 
         def shown(d):  # the slots show the model picked (else the switch's own update is on its way)
             try:
-                return d[slots_for] == check_spec(d[model])
+                check_slots_belong(d[model], d[slots_for])
             except gr.Error:
                 return False
+            return True
 
         for slot in [num_images, *slots]:
-            slot.input(lambda d: settings_note(d[model], d[num_images], [d[c] for c in slots]) if shown(d)
+            slot.input(lambda d: settings_note(d[model], d[num_images], values(d)) if shown(d)
                        else gr.update(), page, note, api_visibility="private", trigger_mode="always_last",
                        show_progress="hidden")
         for slot in slots:
-            slot.input(lambda d: slot_visibility(d[model], [d[c] for c in slots]) if shown(d)
+            slot.input(lambda d: slot_visibility(d[model], values(d)) if shown(d)
                        else [gr.update()] * len(slots), page, slots, api_visibility="private",
                        trigger_mode="always_last", show_progress="hidden")
         run = go.click(on_generate, page,
@@ -1042,7 +1046,7 @@ def build_demo() -> gr.Blocks:
         for image in (tokens, uncertainty):
             image.select(inspect_token, timeline, [candidates, picked], api_visibility="private",
                          show_progress="hidden")
-        pin.click(lambda d: pin_settings(d[model], values(d)), page, [pinned, pinned_md], api_visibility="private")
+        pin.click(lambda d: pin_settings(d[model], checked(d)), page, [pinned, pinned_md], api_visibility="private")
         compare_outputs = [live_a, tokens_a, status_a, live_b, tokens_b, status_b, progress_pct, timings_a, timings_b]
         compare.click(on_compare, page, compare_outputs,
                       api_visibility="private", concurrency_id="gpu", concurrency_limit=1,

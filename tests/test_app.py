@@ -686,8 +686,13 @@ def test_browser_generate_during_a_model_switch_says_to_wait(app_url, monkeypatc
     import app
 
     load = app.load
-    monkeypatch.setattr(app, "load", lambda spec, *a: time.sleep(2) or load(spec, *a) if spec == "tiny-var"
-                        else load(spec, *a))
+
+    def slow_load(spec, *args):
+        if spec == "tiny-var":
+            time.sleep(2)
+        return load(spec, *args)
+
+    monkeypatch.setattr(app, "load", slow_load)
     with browser_page(app_url, 1400, 1000) as page:
         pick_model(page, "tiny-var")
         page.get_by_role("button", name="Generate").click()
