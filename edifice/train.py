@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -122,6 +123,24 @@ def init_weights(path: Path, part: str) -> nn.Module:
         except Exception as e:  # noqa: BLE001 -- any unreadable folder ends the command with its reason
             raise SystemExit(f"--init {path}: {e}") from None
     return module.float().train().requires_grad_(True)
+
+
+GENERATOR_SHAPES = {"var": (8, 256, 8, 0.0), "mar": (6, 256, 8, 0.1)}  # new models: depth, width, heads, dropout
+
+
+def new_dropout(args) -> float:
+    """The dropout of a new VAR or MAR: ``--dropout``, else the stage's default."""
+    return GENERATOR_SHAPES[args.stage][3] if args.dropout is None else args.dropout
+
+
+def redrop(model: nn.Module, dropout: float | None, field: str) -> nn.Module:
+    """``model`` rebuilt with its config's dropout ``field`` set to ``dropout`` (None: unchanged), weights kept.
+    Dropout has no weights, so an ``--init`` model can fine-tune with another rate than it was trained with."""
+    if dropout is None or getattr(model.cfg, field) == dropout:
+        return model
+    new = type(model)(dataclasses.replace(model.cfg, **{field: dropout}))
+    new.load_state_dict(model.state_dict())
+    return new.train()
 
 
 def save_pipeline(pipe, folder: Path, card: str) -> Path:
@@ -433,11 +452,11 @@ class VARTask(TransformerTask):
         if saved:
             self.model = var_mod.VAR(var_mod.VARConfig(**saved["model"]))
         elif args.init:
-            self.model = init_weights(args.init, "model")
+            self.model = redrop(init_weights(args.init, "model"), args.dropout, "drop_rate")
         else:
             self.model = var_mod.build(hidden_size=args.width, num_layers=args.depth, num_heads=args.heads,
                                        mlp_ratio=args.mlp_ratio, scales=cfg.patch_nums,
-                                       codebook_size=cfg.vocab_size, dropout=args.dropout,
+                                       codebook_size=cfg.vocab_size, dropout=new_dropout(args),
                                        num_classes=self.num_classes, embed_dim=cfg.z_channels,
                                        cond_drop_rate=args.cond_drop)
         if not isinstance(self.model, var_mod.VAR):
@@ -472,11 +491,12 @@ class MARTask(TransformerTask):
         if saved:
             self.model = mar_mod.MAR(mar_mod.MARConfig(**saved["model"]))
         elif args.init:
-            self.model = init_weights(args.init, "model")
+            self.model = redrop(init_weights(args.init, "model"), args.dropout, "dropout")
         else:
             self.model = mar_mod.MAR(mar_mod.MARConfig(
                 vocab_size=cfg.vocab_size + 1, embed_dim=args.width, num_layers=args.depth, num_heads=args.heads,
-                seq_len=cfg.patch_nums[0] ** 2, dropout=args.dropout, num_classes=self.num_classes,
+                seq_len=cfg.patch_nums[0] ** 2, dropout=new_dropout(args),
+                num_classes=self.num_classes,
                 mlp_ratio=args.mlp_ratio, cond_drop_rate=args.cond_drop))
         if not isinstance(self.model, mar_mod.MAR) or self.model.cfg.seq_len != cfg.patch_nums[0] ** 2:
             n = cfg.patch_nums[0]
@@ -815,14 +835,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train only post_quant_conv and the decoder of the --init tokenizer: every image keeps its "
                         "tokens, so generators trained on them stay valid (swap it in with `resave --tokenizer`)")
 
-    for stage, (depth, width, heads, dropout) in {"var": (8, 256, 8, 0.0), "mar": (6, 256, 8, 0.1)}.items():
+    for stage, (depth, width, heads, dropout) in GENERATOR_SHAPES.items():
         s = sub.add_parser(stage, parents=[common], help=f"{stage.upper()} transformer on a trained tokenizer")
         s.add_argument("--tokenizer", type=Path, required=True, help="run folder (or export/) of a tokenizer stage")
         s.add_argument("--depth", type=int, default=depth)
         s.add_argument("--width", type=int, default=width)
         s.add_argument("--heads", type=int, default=heads)
         s.add_argument("--mlp-ratio", type=float, default=4.0)
-        s.add_argument("--dropout", type=float, default=dropout)
+        s.add_argument("--dropout", type=float, default=None,
+                       help=f"dropout rate (default: {dropout}, or the --init model's own)")
         s.add_argument("--cond-drop", type=float, default=0.1, help="class dropout rate (for CFG)")
         s.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=True,
                        help="encode the dataset once up front (off for folders too big for memory)")

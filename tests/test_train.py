@@ -216,6 +216,10 @@ def test_init_fine_tunes_a_generator_from_its_checkpoint(images, tokenizer_run, 
     assert losses(tuned)[0] < 0.8 * losses(fresh)[0]
     assert losses(tuned)[0] == pytest.approx(np.mean(losses(source)[-5:]), rel=0.25)
     assert "--init" in (tmp_path / "tuned" / "export" / "README.md").read_text()
+    drop_rate = lambda r: json.loads((r["export"] / "config.json").read_text())["model"]["drop_rate"]  # noqa: E731
+    assert drop_rate(source) == drop_rate(tuned) == 0.0  # --init keeps the source's rate unless told
+    redropped = train.run("var", out=tmp_path / "redrop", steps=1, init=source["export"], dropout=0.2, **opts)
+    assert drop_rate(redropped) == 0.2
     from_checkpoint, from_run = (train.load_tokenizer(p).state_dict() for p in (source["export"], tokenizer_run["out"]))
     assert all(torch.equal(from_checkpoint[k], v) for k, v in from_run.items())  # --tokenizer takes a checkpoint
     mar_tok = train.run("tokenizer", data=images, out=tmp_path / "tok1", steps=2, scales=(4,), **TINY_TOKENIZER,
@@ -226,6 +230,24 @@ def test_init_fine_tunes_a_generator_from_its_checkpoint(images, tokenizer_run, 
     with pytest.raises(SystemExit, match="init"):
         train.run("var", data=images, out=tmp_path / "bad2", tokenizer=tokenizer_run["out"], steps=1,
                   init=tmp_path / "missing")
+
+
+def test_redrop_changes_the_dropout_rate_and_keeps_every_weight():
+    """A model rebuilt with another dropout rate has the same weights and, in eval mode, the same outputs; in
+    training mode its dropout layers now use the new rate."""
+    from edifice.generative import mar
+
+    model = mar.MAR(mar.MARConfig(vocab_size=17, embed_dim=32, num_layers=2, num_heads=4, seq_len=4, dropout=0.0,
+                                  num_classes=3)).eval()
+    tokens, labels = torch.randint(0, 17, (2, 4)), torch.tensor([0, 2])
+    dropped = train.redrop(model, 0.5, "dropout")
+    assert dropped.cfg.dropout == 0.5 and dropped.training and train.redrop(model, None, "dropout") is model
+    assert dropped.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(v, dropped.state_dict()[k]) for k, v in model.state_dict().items())
+    rates = {m.p for m in dropped.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {0.5}
+    with torch.no_grad():
+        assert torch.equal(dropped.eval()(tokens, labels), model(tokens, labels))
 
 
 def test_decoder_only_keeps_every_token_and_resave_swaps_it_in(images, tokenizer_run, tmp_path):
