@@ -495,8 +495,7 @@ class MARTask(TransformerTask):
         else:
             self.model = mar_mod.MAR(mar_mod.MARConfig(
                 vocab_size=cfg.vocab_size + 1, embed_dim=args.width, num_layers=args.depth, num_heads=args.heads,
-                seq_len=cfg.patch_nums[0] ** 2, dropout=new_dropout(args),
-                num_classes=self.num_classes,
+                seq_len=cfg.patch_nums[0] ** 2, dropout=new_dropout(args), num_classes=self.num_classes,
                 mlp_ratio=args.mlp_ratio, cond_drop_rate=args.cond_drop))
         if not isinstance(self.model, mar_mod.MAR) or self.model.cfg.seq_len != cfg.patch_nums[0] ** 2:
             n = cfg.patch_nums[0]
