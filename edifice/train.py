@@ -16,8 +16,13 @@ edifice.train ...``), with ``--mixed-precision`` and ``--grad-accum``. Input is 
   fine-tuned with ``--decoder-only`` on moved and mirrored images generalises better.
 - ``var``: teacher-forced cross-entropy over the whole token pyramid in one pass (block-causal mask), class
   dropout for classifier-free guidance. ``--scale-aug P``: a share P of the batches trains on a random
-  valid sub-list of the scales (first and last kept, each one between with probability 1/2), its tokens
-  re-quantized for that sub-list, so the sampler's scale-list control gives real images.
+  valid sub-list of the scales (first and last kept, each one between with probability ``--scale-keep``,
+  default 1/2), its tokens re-quantized for that sub-list, so the sampler's scale-list control gives real
+  images. A lower ``--scale-keep`` trains more on short lists: of the sub-lists of 1,2,3,4,6,8,12,16, 30%
+  keep just one size between at 0.3 (1,2,16 alone: 5%), against 9% (1.6%) at 1/2.
+- ``var`` and ``mar`` take ``--flip``: every training image also mirrored left-right (with cached latents, the
+  mirrors are encoded once up front and the data doubles; without, each image of a batch is mirrored with
+  probability 1/2).
 - ``mar``: cross-entropy on the masked tokens, mask ratios from MAR's training default (``maskgit``:
   cos(pi u / 2), see :func:`edifice.generative.mar.sample_mask_ratio`), class dropout.
 - ``fractalgen``: pixel space, no tokenizer: the authors' loss (``FractalGen.forward`` in
@@ -179,20 +184,21 @@ def index_batches(n: int, batch_size: int, seed: int, start: int = 0, rank: int 
         epoch, skip = epoch + 1, 0
 
 
-def random_scale_ids(patch_nums, generator: torch.Generator) -> list[int]:
+def random_scale_ids(patch_nums, generator: torch.Generator, keep: float = 0.5) -> list[int]:
     """A random valid sub-list of a trained scale list, as indices: the first and last size always, each
-    size between with probability 1/2 (strictly increasing, checked by ``check_scales``)."""
+    size between with probability ``keep`` (strictly increasing, checked by ``check_scales``). A lower
+    ``keep`` trains more on short lists such as 1,2,16, whose last step draws most of the image at once."""
     K = len(patch_nums)
-    keep = (torch.rand(max(K - 2, 0), generator=generator) < 0.5).tolist()
+    keep = (torch.rand(max(K - 2, 0), generator=generator) < keep).tolist()
     tail = [patch_nums[-1]] if K > 1 else []
     sizes = [patch_nums[0]] + [pn for pn, k in zip(patch_nums[1:-1], keep, strict=True) if k] + tail
     return var_mod.check_scales(sizes, patch_nums)
 
 
-def pick_scale_ids(patch_nums, share: float, generator: torch.Generator) -> list[int] | None:
-    """None (the full list) or, with probability ``share``, a random sub-list."""
+def pick_scale_ids(patch_nums, share: float, generator: torch.Generator, keep: float = 0.5) -> list[int] | None:
+    """None (the full list) or, with probability ``share``, a random sub-list (see ``random_scale_ids``)."""
     if share > 0 and torch.rand((), generator=generator).item() < share:
-        return random_scale_ids(patch_nums, generator)
+        return random_scale_ids(patch_nums, generator, keep)
     return None
 
 
@@ -223,14 +229,20 @@ def quantizer_inputs(vae: VQVAE, img: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_dataset(vae: VQVAE, dataset: ImageFolder, batch_size: int, device, workers: int = 0):
-    """Encoder latents ``[N, Cvae, h, w]`` and labels ``[N]`` of a whole image folder, on ``device``."""
+def encode_dataset(vae: VQVAE, dataset: ImageFolder, batch_size: int, device, workers: int = 0,
+                   mirror: bool = False):
+    """Encoder latents ``[N, Cvae, h, w]`` and labels ``[N]`` of a whole image folder, on ``device``; with
+    ``mirror`` also those of every image mirrored left-right, after them (``[2N, ...]``)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    fs, ys = [], []
+    fs, ms, ys = [], [], []
     for img, y in tqdm(loader, desc="encoding", unit="batch", disable=not PartialState().is_main_process):
-        fs.append(vae.encode(img.to(device)).float())
+        img = img.to(device)
+        fs.append(vae.encode(img).float())
+        if mirror:
+            ms.append(vae.encode(img.flip(-1)).float())
         ys.append(y.to(device))
-    return torch.cat(fs), torch.cat(ys)
+    y = torch.cat(ys)
+    return torch.cat(fs + ms), torch.cat([y, y] if mirror else [y])
 
 
 class EMA:
@@ -347,7 +359,8 @@ class TokenizerTask(Task):
 
     def loss(self, model, batch, g):
         img = augment(batch[0], self.args.flip, self.args.shift, g)
-        recon, vq_loss, hits = model(img, pick_scale_ids(self.model.cfg.patch_nums, self.args.scale_aug, g))
+        ids = pick_scale_ids(self.model.cfg.patch_nums, self.args.scale_aug, g, self.args.scale_keep)
+        recon, vq_loss, hits = model(img, ids)
         recon = recon.float()
         rec = F.l1_loss(recon, img) if self.args.recon_loss == "l1" else F.mse_loss(recon, img)
         self.hits += hits.detach()
@@ -413,7 +426,8 @@ class TransformerTask(Task):
         self.num_classes = len(self.dataset.folders)
         self.cached = None
         if args.cache_latents:
-            self.cached = self.prepare(*encode_dataset(self.vae, self.dataset, args.batch_size, device, args.workers))
+            self.cached = self.prepare(*encode_dataset(self.vae, self.dataset, args.batch_size, device, args.workers,
+                                                       mirror=args.flip))
 
     def prepare(self, f: torch.Tensor, y: torch.Tensor):
         """What a batch carries, computed from encoder latents (once for all when cached)."""
@@ -421,7 +435,9 @@ class TransformerTask(Task):
 
     def batches(self, start, rank, world):
         if self.cached is None:
+            g = torch.Generator().manual_seed(self.args.seed * 1_000_003 + start)  # a resumed run mirrors alike
             for img, y in self.image_batches(self.dataset, start, rank, world):
+                img = augment(img, self.args.flip, 0, g)
                 with torch.no_grad():  # not around the yield: grad mode would leak into the training step
                     batch = self.prepare(self.vae.encode(img).float(), y)
                 yield batch
@@ -468,7 +484,8 @@ class VARTask(TransformerTask):
     def loss(self, model, batch, g):
         f, y = batch
         quant = self.vae.quantize
-        ids = pick_scale_ids(self.vae.cfg.patch_nums, self.args.scale_aug, g) or quant.scale_ids()
+        ids = pick_scale_ids(self.vae.cfg.patch_nums, self.args.scale_aug, g, self.args.scale_keep)
+        ids = ids or quant.scale_ids()
         with torch.no_grad():
             idx = quant.f_to_idx(f, ids)
             x = quant.idx_to_var_input(idx, ids) if len(ids) > 1 else None
@@ -777,8 +794,25 @@ def parse_scales(text: str) -> tuple[int, ...]:
     return tuple(int(s) for s in text.split(",") if s.strip())
 
 
+def parse_share(text: str) -> float:
+    """A probability, 0 to 1."""
+    p = float(text)
+    if not 0.0 <= p <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return p
+
+
 def parse_names(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def add_scale_aug(parser: argparse.ArgumentParser, share: float) -> None:
+    """``--scale-aug`` and ``--scale-keep`` (see ``pick_scale_ids``), for the tokenizer and VAR stages."""
+    parser.add_argument("--scale-aug", type=parse_share, default=share,
+                        help="share of batches on a random scale sub-list")
+    parser.add_argument("--scale-keep", type=parse_share, default=0.5,
+                        help="chance that a sub-list keeps each scale between the first and the last (lower: "
+                             "more training on short lists such as 1,2,16)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -826,7 +860,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--recon-loss", choices=("l1", "mse"), default="l1")
     t.add_argument("--beta", type=float, default=0.25, help="commitment weight")
     t.add_argument("--dead-after", type=int, default=200, help="re-initialise codes unused this many steps (0: off)")
-    t.add_argument("--scale-aug", type=float, default=0.0, help="share of batches on a random scale sub-list")
+    add_scale_aug(t, 0.0)
     t.add_argument("--flip", action="store_true", help="mirror half the images left-right (augmentation)")
     t.add_argument("--shift", type=int, default=0,
                    help="move each image by up to this many pixels each way, white fill (augmentation)")
@@ -846,8 +880,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--cond-drop", type=float, default=0.1, help="class dropout rate (for CFG)")
         s.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=True,
                        help="encode the dataset once up front (off for folders too big for memory)")
+        s.add_argument("--flip", action="store_true",
+                       help="train on every image and its left-right mirror (the cached latents double)")
         if stage == "var":
-            s.add_argument("--scale-aug", type=float, default=0.5, help="share of batches on a random scale sub-list")
+            add_scale_aug(s, 0.5)
         else:
             s.add_argument("--mask-schedule", choices=mar_mod.RATIO_SCHEDULES, default="maskgit",
                            help="mask-ratio distribution (see edifice.generative.mar.sample_mask_ratio)")

@@ -97,7 +97,7 @@ def test_mar_stage_learns_and_exports(images, tokenizer_run, tmp_path):
                     **FAST)
     with pytest.raises(SystemExit, match="single-scale"):
         train.run("mar", data=images, out=tmp_path / "bad", tokenizer=tokenizer_run["out"], steps=1)
-    r = train.run("mar", data=images, out=tmp_path / "mar", tokenizer=tok["out"], steps=30, lr=2e-3,
+    r = train.run("mar", data=images, out=tmp_path / "mar", tokenizer=tok["out"], steps=30, lr=2e-3, flip=True,
                   **TINY_TRANSFORMER, **FAST)
     assert_goes_down(losses(r), 0.9)
     pipe = edifice.load(r["export"], device="cpu")
@@ -150,6 +150,54 @@ def test_random_scale_sub_lists_are_valid_and_varied():
     assert len(seen) > 20
     assert train.pick_scale_ids(pns, 0.0, g) is None
     assert train.random_scale_ids((4,), g) == [0]
+
+
+def test_scale_keep_sets_how_often_short_lists_are_trained():
+    pns = (1, 2, 3, 4, 6, 8, 12, 16)
+    g = torch.Generator().manual_seed(0)
+    assert train.random_scale_ids(pns, g, keep=0.0) == [0, 7]
+    assert train.random_scale_ids(pns, g, keep=1.0) == list(range(8))
+
+    def share_short(keep):  # lists with at most one size between the first and the last, such as 1,2,16
+        return np.mean([len(train.random_scale_ids(pns, g, keep)) <= 3 for _ in range(4000)])
+
+    assert share_short(0.5) == pytest.approx(7 / 64, abs=0.02)
+    assert share_short(0.3) == pytest.approx(0.7 ** 6 + 6 * 0.3 * 0.7 ** 5, abs=0.03)
+    parser = train.build_parser()
+    assert parser.parse_args(["var", "--data", "d", "--out", "o", "--tokenizer", "t"]).scale_keep == 0.5
+    for bad in ("1.5", "-0.1"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["var", "--data", "d", "--out", "o", "--tokenizer", "t", "--scale-keep", bad])
+
+
+def test_generator_flip_adds_every_image_mirrored(images, tokenizer_run, tmp_path):
+    """Cached: the latents of every image and then of its mirror. Uncached: each image of a batch is itself or
+    its mirror."""
+    vae = train.load_tokenizer(tokenizer_run["out"])
+    data = ImageFolder(images, 8)
+    f, y = train.encode_dataset(vae, data, 5, "cpu")
+    f2, y2 = train.encode_dataset(vae, data, 5, "cpu", mirror=True)
+    n = len(y)
+    imgs = torch.stack([data[i][0] for i in range(n)])
+    with torch.no_grad():
+        mirrored = vae.encode(imgs.flip(-1)).float()
+    assert torch.equal(f2[:n], f) and torch.equal(y2, torch.cat([y, y]))
+    assert torch.allclose(f2[n:], mirrored, atol=1e-5) and not torch.allclose(mirrored, f, atol=1e-3)
+
+    args = train.build_parser().parse_args(["var", "--data", str(images), "--out", str(tmp_path / "o"),
+                                            "--tokenizer", str(tokenizer_run["out"]), "--no-cache-latents",
+                                            "--flip", "--batch-size", "8", "--depth", "1", "--width", "32"])
+    task = train.TASKS["var"](args, None, "cpu")
+    batches, order = task.batches(0, 0, 1), train.index_batches(n, 8, seed=0)
+    flips = []
+    for _ in range(3):
+        (fb, yb), idx = next(batches), next(order)
+        assert torch.equal(yb, y[idx])
+        for row, i in zip(fb, idx.tolist(), strict=True):
+            same, mirror = torch.allclose(row, f[i], atol=1e-5), torch.allclose(row, mirrored[i], atol=1e-5)
+            assert same or mirror  # both where the square sits in the middle: the image is its own mirror
+            flips.append(mirror and not same)
+    assert 0 < sum(flips) < len(flips)
 
 
 def test_index_batches_shard_seed_and_resume():
