@@ -189,9 +189,9 @@ def random_scale_ids(patch_nums, generator: torch.Generator, keep: float = 0.5) 
     size between with probability ``keep`` (strictly increasing, checked by ``check_scales``). A lower
     ``keep`` trains more on short lists such as 1,2,16, whose last step draws most of the image at once."""
     K = len(patch_nums)
-    keep = (torch.rand(max(K - 2, 0), generator=generator) < keep).tolist()
+    kept = (torch.rand(max(K - 2, 0), generator=generator) < keep).tolist()
     tail = [patch_nums[-1]] if K > 1 else []
-    sizes = [patch_nums[0]] + [pn for pn, k in zip(patch_nums[1:-1], keep, strict=True) if k] + tail
+    sizes = [patch_nums[0]] + [pn for pn, k in zip(patch_nums[1:-1], kept, strict=True) if k] + tail
     return var_mod.check_scales(sizes, patch_nums)
 
 
@@ -435,8 +435,8 @@ class TransformerTask(Task):
 
     def batches(self, start, rank, world):
         if self.cached is None:
-            g = torch.Generator().manual_seed(self.args.seed * 1_000_003 + start)  # a resumed run mirrors alike
-            for img, y in self.image_batches(self.dataset, start, rank, world):
+            for b, (img, y) in enumerate(self.image_batches(self.dataset, start, rank, world), start):
+                g = torch.Generator().manual_seed(self.args.seed * 1_000_003 + b)  # per batch: resuming repeats it
                 img = augment(img, self.args.flip, 0, g)
                 with torch.no_grad():  # not around the yield: grad mode would leak into the training step
                     batch = self.prepare(self.vae.encode(img).float(), y)

@@ -172,7 +172,7 @@ def test_scale_keep_sets_how_often_short_lists_are_trained():
 
 def test_generator_flip_adds_every_image_mirrored(images, tokenizer_run, tmp_path):
     """Cached: the latents of every image and then of its mirror. Uncached: each image of a batch is itself or
-    its mirror."""
+    its mirror, the same after resuming."""
     vae = train.load_tokenizer(tokenizer_run["out"])
     data = ImageFolder(images, 8)
     f, y = train.encode_dataset(vae, data, 5, "cpu")
@@ -198,6 +198,10 @@ def test_generator_flip_adds_every_image_mirrored(images, tokenizer_run, tmp_pat
             assert same or mirror  # both where the square sits in the middle: the image is its own mirror
             flips.append(mirror and not same)
     assert 0 < sum(flips) < len(flips)
+    resumed, straight = task.batches(2, 0, 1), task.batches(0, 0, 1)  # a resumed run mirrors the same images
+    for _ in range(2):
+        next(straight)
+    assert torch.equal(next(resumed)[0], next(straight)[0])
 
 
 def test_index_batches_shard_seed_and_resume():
