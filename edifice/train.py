@@ -434,18 +434,23 @@ class TransformerTask(Task):
         return f, y
 
     def batches(self, start, rank, world):
+        """Cached: batches of what ``prepare`` made. Otherwise image batches, which ``inputs`` encodes."""
         if self.cached is None:
-            for b, (img, y) in enumerate(self.image_batches(self.dataset, start, rank, world), start):
-                g = torch.Generator().manual_seed(self.args.seed * 1_000_003 + b)  # per batch: resuming repeats it
-                img = augment(img, self.args.flip, 0, g)
-                with torch.no_grad():  # not around the yield: grad mode would leak into the training step
-                    batch = self.prepare(self.vae.encode(img).float(), y)
-                yield batch
-        else:
-            x, y = self.cached
-            for idx in index_batches(len(y), self.args.batch_size, self.args.seed, start, rank, world):
-                idx = idx.to(y.device)
-                yield x[idx], y[idx]
+            yield from self.image_batches(self.dataset, start, rank, world)
+            return
+        x, y = self.cached
+        for idx in index_batches(len(y), self.args.batch_size, self.args.seed, start, rank, world):
+            idx = idx.to(y.device)
+            yield x[idx], y[idx]
+
+    @torch.no_grad()
+    def inputs(self, batch, g: torch.Generator):
+        """A batch as the loss reads it: a cached one as it is; images mirrored (``--flip``, drawn from the
+        step's generator ``g``, so a resumed run mirrors the same ones) and encoded."""
+        if self.cached is not None:
+            return batch
+        img, y = batch
+        return self.prepare(self.vae.encode(augment(img, self.args.flip, 0, g)).float(), y)
 
     def export(self, model, folder, card):
         return save_pipeline(self.pipeline(copy.deepcopy(self.vae).cpu(), model, self.dataset.class_names, {}),
@@ -482,7 +487,7 @@ class VARTask(TransformerTask):
         check_init(self.model.cfg.vocab_size, cfg.vocab_size, self.model.cfg.num_classes, self.num_classes)
 
     def loss(self, model, batch, g):
-        f, y = batch
+        f, y = self.inputs(batch, g)
         quant = self.vae.quantize
         ids = pick_scale_ids(self.vae.cfg.patch_nums, self.args.scale_aug, g, self.args.scale_keep)
         ids = ids or quant.scale_ids()
@@ -524,7 +529,7 @@ class MARTask(TransformerTask):
         return self.vae.quantize.f_to_idx(f)[0] + 1, y
 
     def loss(self, model, batch, g):
-        tokens, y = batch
+        tokens, y = self.inputs(batch, g)
         dev_g = torch.Generator(tokens.device).manual_seed(int(torch.randint(2 ** 62, (), generator=g)))
         inp, mask = mar_mod.random_mask(tokens, self.args.mask_schedule, dev_g)
         logits = model(inp, y)
