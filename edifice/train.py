@@ -866,10 +866,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--beta", type=float, default=0.25, help="commitment weight")
     t.add_argument("--dead-after", type=int, default=200, help="re-initialise codes unused this many steps (0: off)")
     add_scale_aug(t, 0.0)
-    t.add_argument("--flip", action="store_true", help="mirror half the images left-right (augmentation)")
+    t.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
+                   help="mirror half the images left-right (augmentation)")
     t.add_argument("--shift", type=int, default=0,
                    help="move each image by up to this many pixels each way, white fill (augmentation)")
-    t.add_argument("--decoder-only", action="store_true",
+    t.add_argument("--decoder-only", action=argparse.BooleanOptionalAction, default=False,
                    help="train only post_quant_conv and the decoder of the --init tokenizer: every image keeps its "
                         "tokens, so generators trained on them stay valid (swap it in with `resave --tokenizer`)")
 
@@ -885,7 +886,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--cond-drop", type=float, default=0.1, help="class dropout rate (for CFG)")
         s.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=True,
                        help="encode the dataset once up front (off for folders too big for memory)")
-        s.add_argument("--flip", action="store_true",
+        s.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
                        help="train on every image and its left-right mirror (the cached latents double)")
         if stage == "var":
             add_scale_aug(s, 0.5)
@@ -915,6 +916,12 @@ def run(stage: str, **options) -> dict:
     Options are the command-line ones with underscores. Returns ``{"stage", "step", "stopped" ("steps" or
     "time"), "seconds", "metrics" (last logged row), "history" (all rows of this call), "out", "export"}``.
     """
+    return main(cli_args(stage, **options))
+
+
+def cli_args(stage: str, **options) -> list[str]:
+    """The command line :func:`run` trains with: ``--flag`` / ``--no-flag`` for booleans, commas for lists,
+    None left out."""
     argv = [stage]
     for k, v in options.items():
         flag = "--" + k.replace("_", "-")
@@ -924,7 +931,7 @@ def run(stage: str, **options) -> dict:
             argv += [flag, ",".join(map(str, v))]
         elif v is not None:
             argv += [flag, str(v)]
-    return main(argv)
+    return argv
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -170,6 +170,18 @@ def test_scale_keep_sets_how_often_short_lists_are_trained():
             parser.parse_args(["var", "--data", "d", "--out", "o", "--tokenizer", "t", "--scale-keep", bad])
 
 
+def test_run_passes_every_boolean_option_either_way():
+    """``run(flag=False)`` writes ``--no-flag``, which every boolean option of every stage accepts."""
+    parser = train.build_parser()
+    paths = {"data": "d", "out": "o"}
+    for stage, flags in (("tokenizer", ("flip", "decoder_only", "attn", "cpu")),
+                         ("var", ("flip", "cache_latents", "cpu")), ("mar", ("flip", "cache_latents"))):
+        extra = {} if stage == "tokenizer" else {"tokenizer": "t"}
+        for value in (True, False):
+            args = parser.parse_args(train.cli_args(stage, **paths, **extra, **dict.fromkeys(flags, value)))
+            assert all(getattr(args, f) is value for f in flags), (stage, value)
+
+
 def test_generator_flip_adds_every_image_mirrored(images, tokenizer_run, tmp_path):
     """Cached: the latents of every image and then of its mirror. Uncached: each image of a batch is itself or
     its mirror, as the step's generator draws, the same after resuming."""
