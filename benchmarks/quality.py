@@ -6,10 +6,13 @@
 - Generators: a small CNN classifier of the emoji categories is trained on the training split (its held-out
   accuracy is reported); for N generated images per class we report class fidelity (the classifier agrees
   with the requested class; chance = 1/9) and the Fréchet distance between the classifier's penultimate
-  features of generated and of held-out images (FD, lower is better). Two floors put FD in scale: held-out vs
-  all training images, and held-out vs as many random training images as are generated (FD is biased upward
-  at small N, so this is the score of perfect samples). The tokenizer's reconstructions of the held-out
-  images are scored too: what a perfect generator on these tokens would reach.
+  features of generated and of held-out images (FD, lower is better). FD compares whole distributions, so it
+  also counts the class mix: N images per class against a held-out split that is 20% People & Body and 4%
+  Activities. "FD at the held-out mix" removes that term: each sample is weighted by its class's held-out
+  share over its share among the samples (a weighted mean and covariance). Floors put both in scale: held-out
+  vs all training images, and held-out vs N random training images per class, unweighted and weighted (FD is
+  biased upward at small N, so these are what perfect samples would score). The tokenizer's reconstructions
+  of the held-out images are scored too: what a perfect generator on these tokens would reach.
 - Rows: the checkpoint's recommended settings first ("defaults"), then VAR at two shorter scale lists (with the
   share of the full list's fidelity they keep), MAR at 8 and 64 steps and greedy. Time to the first frame
   (one image, previews on) and to one whole image are medians of 7 runs after an untimed one, at the defaults.
@@ -97,13 +100,16 @@ def predict(clf: Classifier, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return clf.head(feats).argmax(1), feats
 
 
-def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets ``[N, D]`` (float64)."""
+def frechet(a: torch.Tensor, b: torch.Tensor, weights_a: torch.Tensor | None = None) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets ``[N, D]`` (float64); ``weights_a`` weights
+    the rows of ``a`` (its mean and unbiased covariance become weighted ones)."""
     a, b = a.double(), b.double()
-    mu = (a.mean(0) - b.mean(0)).square().sum()
-    ca, cb = torch.cov(a.T), torch.cov(b.T)
-    w, v = torch.linalg.eigh(ca)
-    sa = v @ torch.diag(w.clamp_min(0).sqrt()) @ v.T
+    w = None if weights_a is None else weights_a.double()
+    mean_a = a.mean(0) if w is None else (a * w[:, None]).sum(0) / w.sum()
+    mu = (mean_a - b.mean(0)).square().sum()
+    ca, cb = torch.cov(a.T, aweights=w), torch.cov(b.T)
+    ev, v = torch.linalg.eigh(ca)
+    sa = v @ torch.diag(ev.clamp_min(0).sqrt()) @ v.T
     cross = torch.linalg.eigvalsh(sa @ cb @ sa).clamp_min(0).sqrt().sum()
     return float(mu + ca.trace() + cb.trace() - 2 * cross)
 
@@ -141,13 +147,30 @@ def generate(pipe, n_per_class: int, num_classes: int, seed: int, **kw) -> tuple
     return torch.cat(imgs).clamp(0, 1), torch.cat(labels), time.perf_counter() - t0
 
 
+def mix_weights(labels: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """Per-image weights that give a labelled set the class shares ``mix`` (``[num_classes]``, summing to 1):
+    each class's share in ``mix`` over its share in ``labels``."""
+    share = torch.bincount(labels, minlength=len(mix)).double() / len(labels)
+    return mix.double()[labels] / share[labels]
+
+
 def score(pipe, clf: Classifier, feat_ho: torch.Tensor, n_per_class: int, num_classes: int, seed: int,
-          **kw) -> dict:
-    """Class fidelity, FD against the held-out features and seconds per image of N images per class."""
+          mix: torch.Tensor | None = None, **kw) -> dict:
+    """Class fidelity, FD against the held-out features and seconds per image of N images per class; with
+    ``mix`` (the held-out class shares) also ``fd_mix``, the FD of the samples weighted to that mix."""
     imgs, labels, secs = generate(pipe, n_per_class, num_classes, seed, **kw)
     pred, feats = predict(clf, imgs)
-    return {"class_fidelity": float((pred == labels).float().mean()), "fd": frechet(feats, feat_ho),
-            "seconds_per_image": secs / len(imgs)}
+    row = {"class_fidelity": float((pred == labels).float().mean()), "fd": frechet(feats, feat_ho)}
+    if mix is not None:
+        row["fd_mix"] = frechet(feats, feat_ho, mix_weights(labels, mix))
+    return {**row, "seconds_per_image": secs / len(imgs)}
+
+
+def per_class_sample(y: torch.Tensor, n_per_class: int, seed: int) -> torch.Tensor:
+    """Indices of ``n_per_class`` random images of each class (seeded): real images drawn as the samples are."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([idx[torch.randperm(len(idx), generator=g)[:n_per_class]]
+                      for idx in (torch.nonzero(y == c)[:, 0] for c in range(int(y.max()) + 1))])
 
 
 def splits(data: str | Path) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -188,6 +211,11 @@ def latency(pipe, label: int) -> dict:
     return {"first_frame_seconds": first, "image_seconds": whole}
 
 
+def pct(shares: list[float], names: list[str]) -> str:
+    """Class shares as text, largest first: ``"20% People & Body, ..."``."""
+    return ", ".join(f"{s:.0%} {n}" for s, n in sorted(zip(shares, names, strict=True), key=lambda t: -t[0]))
+
+
 def card_section(name: str, rep: dict, names: list[str]) -> str:
     tok, clf = rep["tokenizer"], rep["classifier"]
     lines = [MARK[0], "## Quality", "",
@@ -198,16 +226,20 @@ def card_section(name: str, rep: dict, names: list[str]) -> str:
              f"- Reference classifier (small CNN trained on the training split): held-out accuracy "
              f"**{clf['heldout_accuracy']:.1%}** (chance {1 / len(names):.1%}).",
              f"- Floors: FD of held-out vs all training images {clf['fd_heldout_vs_train']:.2f}; of held-out vs "
-             f"{rep['n_per_class'] * len(names)} random training images {clf['fd_sample_floor']:.2f} (what perfect "
-             f"samples would score at this N); the tokenizer's reconstructions of the held-out images: class "
-             f"fidelity {tok['recon_fidelity']:.1%}, FD {tok['recon_fd']:.2f}.",
+             f"{rep['n_per_class']} random training images per class {clf['fd_sample_floor']:.2f}, and "
+             f"{clf['fd_mix_sample_floor']:.2f} at the held-out class mix (what perfect samples would score); the "
+             f"tokenizer's reconstructions of the held-out images: class fidelity {tok['recon_fidelity']:.1%}, FD "
+             f"{tok['recon_fd']:.2f}.",
+             "- FD counts the class mix too: the samples are N per class, the held-out images "
+             f"{pct(clf['heldout_mix'], names)}. The column \"at the held-out mix\" weights each sample by its "
+             "class's held-out share over its share among the samples, which takes that difference out.",
              f"- Time on this CPU at the defaults, one image: first frame **{rep['first_frame_seconds']:.3f} s**, "
              f"whole image **{rep['image_seconds']:.3f} s**.", "",
-             "| setting | class fidelity | FD vs held-out | seconds / image (batch of "
-             f"{rep['n_per_class']}) |", "|---|---|---|---|"]
+             "| setting | class fidelity | FD vs held-out | FD at the held-out mix | seconds / image (batch of "
+             f"{rep['n_per_class']}) |", "|---|---|---|---|---|"]
     for s in rep["settings"]:
         keeps = f" ({s['keeps_fidelity']:.0%} of the defaults')" if "keeps_fidelity" in s else ""
-        lines.append(f"| {s['setting']} | {s['class_fidelity']:.1%}{keeps} | {s['fd']:.2f} | "
+        lines.append(f"| {s['setting']} | {s['class_fidelity']:.1%}{keeps} | {s['fd']:.2f} | {s['fd_mix']:.2f} | "
                      f"{s['seconds_per_image']:.3f} |")
     lines += ["", "Contact sheet (one row per class, in the order above; default sampling settings):", "",
               "![samples](samples.png)", MARK[1]]
@@ -250,15 +282,18 @@ def main(argv=None) -> dict:
     clf = train_classifier(x_tr, y_tr, len(names), seed=args.seed)
     pred_ho, feat_ho = predict(clf, x_ho)
     _, feat_tr = predict(clf, x_tr)
-    g = torch.Generator().manual_seed(args.seed)
-    sample = torch.randperm(len(x_tr), generator=g)[:args.n_per_class * len(names)]
+    mix = torch.bincount(y_ho, minlength=len(names)).double() / len(y_ho)
+    sample = per_class_sample(y_tr, args.n_per_class, args.seed)
     classifier = {"heldout_accuracy": float((pred_ho == y_ho).float().mean()), "heldout_images": len(x_ho),
+                  "heldout_mix": [round(float(m), 4) for m in mix],
                   "train_seconds": round(time.perf_counter() - t0, 1),
                   "fd_heldout_vs_train": frechet(feat_ho, feat_tr),
-                  "fd_sample_floor": frechet(feat_tr[sample], feat_ho)}
+                  "fd_sample_floor": frechet(feat_tr[sample], feat_ho),
+                  "fd_mix_sample_floor": frechet(feat_tr[sample], feat_ho, mix_weights(y_tr[sample], mix))}
     print(f"classifier: held-out accuracy {classifier['heldout_accuracy']:.1%} ({len(names)} classes), "
           f"FD floors {classifier['fd_heldout_vs_train']:.2f} (all training images), "
-          f"{classifier['fd_sample_floor']:.2f} ({len(sample)} of them)")
+          f"{classifier['fd_sample_floor']:.2f} / {classifier['fd_mix_sample_floor']:.2f} at the held-out mix "
+          f"({args.n_per_class} per class)")
 
     report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} "
               f"threads, torch {torch.__version__}", "n_per_class": args.n_per_class, "classifier": classifier,
@@ -275,14 +310,15 @@ def main(argv=None) -> dict:
         print(f"\n{spec}: tokenizer PSNR {tok['psnr_db']} dB, codebook usage {tok['codebook_usage']:.0%}, "
               f"reconstructions: fidelity {tok['recon_fidelity']:.1%}, FD {tok['recon_fd']:.2f}; first frame "
               f"{rep['first_frame_seconds']:.3f} s, one image {rep['image_seconds']:.3f} s")
-        print(f"{'setting':<60} {'fidelity':>9} {'FD':>8} {'s/img':>7}")
+        print(f"{'setting':<60} {'fidelity':>9} {'FD':>8} {'FD mix':>8} {'s/img':>7}")
         for label, kw in settings_for(pipe):
             row = {"setting": label, **kw,
-                   **score(pipe, clf, feat_ho, args.n_per_class, len(names), args.seed, **kw)}
+                   **score(pipe, clf, feat_ho, args.n_per_class, len(names), args.seed, mix=mix, **kw)}
             if "scales" in kw:
                 row["keeps_fidelity"] = row["class_fidelity"] / max(rep["settings"][0]["class_fidelity"], 1e-9)
             rep["settings"].append(row)
-            print(f"{label:<60} {row['class_fidelity']:>9.1%} {row['fd']:>8.2f} {row['seconds_per_image']:>7.3f}")
+            print(f"{label:<60} {row['class_fidelity']:>9.1%} {row['fd']:>8.2f} {row['fd_mix']:>8.2f} "
+                  f"{row['seconds_per_image']:>7.3f}")
         report["models"][spec] = rep
         if args.write_cards:
             folder = edifice.presets.get(spec).folder if spec in edifice.presets.presets() else Path(spec)

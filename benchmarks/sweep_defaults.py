@@ -61,6 +61,7 @@ def main(argv=None) -> dict:
     names, x_tr, y_tr, x_ho, y_ho = quality.splits(args.data)
     clf = quality.train_classifier(x_tr, y_tr, len(names), seed=args.seed)
     pred_ho, feat_ho = quality.predict(clf, x_ho)
+    mix = torch.bincount(y_ho, minlength=len(names)).double() / len(y_ho)
     bar = float((pred_ho == y_ho).float().mean())
     pipe = edifice.load(args.model, device="cpu")
     grid = parse_grid(args.grid) if args.grid else GRIDS[pipe.kind]
@@ -69,9 +70,10 @@ def main(argv=None) -> dict:
     rows = []
     for values in itertools.product(*grid.values()):
         kw = dict(zip(grid, values, strict=True))
-        rows.append({**kw, **quality.score(pipe, clf, feat_ho, args.n_per_class, len(names), args.seed, **kw)})
+        rows.append({**kw, **quality.score(pipe, clf, feat_ho, args.n_per_class, len(names), args.seed, mix=mix,
+                                                 **kw)})
         print("  ".join(f"{k}={v}" for k, v in kw.items()), f"fidelity {rows[-1]['class_fidelity']:.1%}",
-              f"FD {rows[-1]['fd']:.2f}", flush=True)
+              f"FD {rows[-1]['fd']:.2f} (at the held-out mix {rows[-1]['fd_mix']:.2f})", flush=True)
     best = choose(rows, bar)
     chosen = {k: best[k] for k in grid}
     print("\nchosen:", chosen, f"(fidelity {best['class_fidelity']:.1%}, FD {best['fd']:.2f})")
