@@ -377,7 +377,16 @@ def test_bf16_transformer_keeps_the_diffusion_head_and_vae_in_fp32(g):
     assert steps[-1].tokens.dtype == torch.float32 and torch.isfinite(steps[-1].image).all()
 
 
-def test_expected_wait_follows_the_settings(pipe):
+def test_expected_wait_follows_the_settings(pipe, monkeypatch):
+    """The estimate composes timed parts; each is timed once, so under load a real pair can come out in either
+    order. Measured parts must be positive; the composition is checked on parts whose cost grows with their size."""
+    assert pipe.estimate_seconds(num_steps=4, num_sampling_steps=10, cfg=2.0, preview=False) > 0
+
+    def part_seconds(key, fn):  # key = (part, sizes...): a transformer pass, a head call, a decode
+        sizes = [k for k in key[1:] if isinstance(k, int)]
+        return {"transformer": 1e-2, "head": 1e-5, "decode": 5e-3}[key[0]] * math.prod(sizes)
+
+    monkeypatch.setattr(pipe, "_timed", part_seconds)
     few = pipe.estimate_seconds(num_steps=4, num_sampling_steps=10, cfg=2.0, preview=False)
     assert 0 < few < pipe.estimate_seconds(num_steps=16, num_sampling_steps=10, cfg=2.0, preview=False)
     assert few < pipe.estimate_seconds(num_steps=4, num_sampling_steps=500, cfg=2.0, preview=False)
