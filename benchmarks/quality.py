@@ -230,7 +230,7 @@ def card_section(name: str, rep: dict, names: list[str]) -> str:
              f"{clf['fd_mix_sample_floor']:.2f} at the held-out class mix (what perfect samples would score); the "
              f"tokenizer's reconstructions of the held-out images: class fidelity {tok['recon_fidelity']:.1%}, FD "
              f"{tok['recon_fd']:.2f}.",
-             "- FD counts the class mix too: the samples are N per class, the held-out images "
+             f"- FD counts the class mix too: the samples are {rep['n_per_class']} per class, the held-out images "
              f"{pct(clf['heldout_mix'], names)}. The column \"at the held-out mix\" weights each sample by its "
              "class's held-out share over its share among the samples, which takes that difference out.",
              f"- Time on this CPU at the defaults, one image: first frame **{rep['first_frame_seconds']:.3f} s**, "
