@@ -147,23 +147,25 @@ def generate(pipe, n_per_class: int, num_classes: int, seed: int, **kw) -> tuple
     return torch.cat(imgs).clamp(0, 1), torch.cat(labels), time.perf_counter() - t0
 
 
+def class_shares(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Each class's share of a labelled set, ``[num_classes]`` (float64, summing to 1)."""
+    return torch.bincount(labels, minlength=num_classes).double() / len(labels)
+
+
 def mix_weights(labels: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
     """Per-image weights that give a labelled set the class shares ``mix`` (``[num_classes]``, summing to 1):
     each class's share in ``mix`` over its share in ``labels``."""
-    share = torch.bincount(labels, minlength=len(mix)).double() / len(labels)
-    return mix.double()[labels] / share[labels]
+    return mix.double()[labels] / class_shares(labels, len(mix))[labels]
 
 
 def score(pipe, clf: Classifier, feat_ho: torch.Tensor, n_per_class: int, num_classes: int, seed: int,
-          mix: torch.Tensor | None = None, **kw) -> dict:
-    """Class fidelity, FD against the held-out features and seconds per image of N images per class; with
-    ``mix`` (the held-out class shares) also ``fd_mix``, the FD of the samples weighted to that mix."""
+          mix: torch.Tensor, **kw) -> dict:
+    """Class fidelity, FD against the held-out features, ``fd_mix`` (the FD of the samples weighted to the
+    held-out class shares ``mix``) and seconds per image of N images per class."""
     imgs, labels, secs = generate(pipe, n_per_class, num_classes, seed, **kw)
     pred, feats = predict(clf, imgs)
-    row = {"class_fidelity": float((pred == labels).float().mean()), "fd": frechet(feats, feat_ho)}
-    if mix is not None:
-        row["fd_mix"] = frechet(feats, feat_ho, mix_weights(labels, mix))
-    return {**row, "seconds_per_image": secs / len(imgs)}
+    return {"class_fidelity": float((pred == labels).float().mean()), "fd": frechet(feats, feat_ho),
+            "fd_mix": frechet(feats, feat_ho, mix_weights(labels, mix)), "seconds_per_image": secs / len(imgs)}
 
 
 def per_class_sample(y: torch.Tensor, n_per_class: int, seed: int) -> torch.Tensor:
@@ -282,7 +284,7 @@ def main(argv=None) -> dict:
     clf = train_classifier(x_tr, y_tr, len(names), seed=args.seed)
     pred_ho, feat_ho = predict(clf, x_ho)
     _, feat_tr = predict(clf, x_tr)
-    mix = torch.bincount(y_ho, minlength=len(names)).double() / len(y_ho)
+    mix = class_shares(y_ho, len(names))
     sample = per_class_sample(y_tr, args.n_per_class, args.seed)
     classifier = {"heldout_accuracy": float((pred_ho == y_ho).float().mean()), "heldout_images": len(x_ho),
                   "heldout_mix": [round(float(m), 4) for m in mix],

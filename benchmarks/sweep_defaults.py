@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
     names, x_tr, y_tr, x_ho, y_ho = quality.splits(args.data)
     clf = quality.train_classifier(x_tr, y_tr, len(names), seed=args.seed)
     pred_ho, feat_ho = quality.predict(clf, x_ho)
-    mix = torch.bincount(y_ho, minlength=len(names)).double() / len(y_ho)
+    mix = quality.class_shares(y_ho, len(names))
     bar = float((pred_ho == y_ho).float().mean())
     pipe = edifice.load(args.model, device="cpu")
     grid = parse_grid(args.grid) if args.grid else GRIDS[pipe.kind]
