@@ -1,6 +1,6 @@
 """Measure what the bundled emoji models learned, and write it into their model cards.
 
-    python benchmarks/quality.py --data data/emoji [--n-per-class 32] [--write-cards]
+    python benchmarks/quality.py --data data/emoji [--n-per-class 32] [--baseline [REV]] [--write-cards]
 
 - Tokenizers: PSNR of reconstructions of the held-out images, and codebook usage (share of codes used).
 - Generators: a small CNN classifier of the emoji categories is trained on the training split (its held-out
@@ -15,7 +15,9 @@
   of the held-out images are scored too: what a perfect generator on these tokens would reach.
 - Rows: the checkpoint's recommended settings first ("defaults"), then VAR at two shorter scale lists (with the
   share of the full list's fidelity they keep), MAR at 8 and 64 steps and greedy. Time to the first frame
-  (one image, previews on) and to one whole image are medians of 7 runs after an untimed one, at the defaults.
+  (one image, previews on) and to one whole image are medians of 7 runs after an untimed one, at the defaults;
+  ``--baseline [REV]`` times the bundled checkpoints of an earlier commit (round 1's by default) in turn with
+  today's and reports the ratios, which a busy shared machine moves far less than the times.
 - A contact sheet (one row per class) is saved beside each model card (``samples.png``).
 
 Prints a table, writes ``benchmarks/results/quality.json`` (or ``--json``) and, with ``--write-cards``, a
@@ -25,10 +27,14 @@ Prints a table, writes ``benchmarks/results/quality.json`` (or ``--json``) and, 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import platform
 import re
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +46,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from report import timed  # noqa: E402
+from report import timed_in_turn  # noqa: E402
 
 import edifice  # noqa: E402
 from edifice import render  # noqa: E402
@@ -48,6 +54,7 @@ from edifice.data import ImageFolder  # noqa: E402
 from edifice.train import augment, load_tokenizer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+ROUND1 = "bd2c196"  # the last commit with the bundled models of round 1, which issue 18 measured
 MARK = ("<!-- quality:begin -->", "<!-- quality:end -->")
 
 
@@ -205,12 +212,33 @@ def settings_for(pipe) -> list[tuple[str, dict]]:
 
 
 @torch.no_grad()
-def latency(pipe, label: int) -> dict:
-    """Seconds to the first streamed frame (previews on, as the app runs) and to one whole image: the median of
-    7 runs after an untimed one (medians of 3 without it moved by up to 20% between runs on a 2-core machine)."""
-    first = timed(lambda: next(iter(pipe.stream(labels=label, batch_size=1, seed=0))), repeats=7, warmup=True)
-    whole = timed(lambda: pipe.generate(labels=label, batch_size=1, seed=0), repeats=7, warmup=True)
-    return {"first_frame_seconds": first, "image_seconds": whole}
+def latency(pipe, label: int, baseline=None) -> dict:
+    """Seconds to the first streamed frame (previews on, as the app runs) and to one whole image: medians of 7
+    runs after an untimed one, at each checkpoint's defaults. With a ``baseline`` pipeline the two are timed in
+    turn, call by call, and the ratios reported: on a shared 2-core machine a time alone moves by 20% between
+    runs, the ratio of two times taken in turn far less."""
+    pipes = [pipe] if baseline is None else [pipe, baseline]
+    first = timed_in_turn([lambda p=p: next(iter(p.stream(labels=label, batch_size=1, seed=0))) for p in pipes],
+                          repeats=7, warmup=True)
+    whole = timed_in_turn([lambda p=p: p.generate(labels=label, batch_size=1, seed=0) for p in pipes],
+                          repeats=7, warmup=True)
+    out = {"first_frame_seconds": first[0], "image_seconds": whole[0]}
+    if baseline is not None:
+        out["baseline"] = {"first_frame_seconds": first[1], "image_seconds": whole[1],
+                           "first_frame_ratio": first[0] / first[1], "image_ratio": whole[0] / whole[1]}
+    return out
+
+
+def load_at(rev: str, folder: Path):
+    """The bundled checkpoint ``folder`` as it was at git revision ``rev`` (extracted to a temporary folder and
+    loaded on the CPU): an earlier round of a bundled model, to time against."""
+    rel = folder.resolve().relative_to(ROOT).as_posix()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, rel], capture_output=True)
+    if archive.returncode:
+        raise SystemExit(f"--baseline {rev}: git archive found no {rel}: {archive.stderr.decode().strip()}")
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(tmp, filter="data")
+        return edifice.load(Path(tmp) / rel, device="cpu")
 
 
 def pct(shares: list[float], names: list[str]) -> str:
@@ -236,7 +264,12 @@ def card_section(name: str, rep: dict, names: list[str]) -> str:
              f"{pct(clf['heldout_mix'], names)}. The column \"at the held-out mix\" weights each sample by its "
              "class's held-out share over its share among the samples, which takes that difference out.",
              f"- Time on this CPU at the defaults, one image: first frame **{rep['first_frame_seconds']:.3f} s**, "
-             f"whole image **{rep['image_seconds']:.3f} s**.", "",
+             f"whole image **{rep['image_seconds']:.3f} s**" + (
+                 f". Timed in turn with this model as it was at commit {b['rev']} (`--baseline {b['rev']}`), which "
+                 f"took {b['first_frame_seconds']:.3f} s and {b['image_seconds']:.3f} s: "
+                 f"**x{b['first_frame_ratio']:.2f}** and **x{b['image_ratio']:.2f}** its times (a ratio of times "
+                 "taken in turn holds where this shared machine's speed does not)." if (b := rep.get("baseline"))
+                 else "."), "",
              "| setting | class fidelity | FD vs held-out | FD at the held-out mix | seconds / image (batch of "
              f"{rep['n_per_class']}) |", "|---|---|---|---|---|"]
     for s in rep["settings"]:
@@ -266,6 +299,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads; fixed because the float sums (and so the numbers) depend on it")
     ap.add_argument("--write-cards", action="store_true", help="write the Quality section into the model cards")
+    ap.add_argument("--baseline", metavar="REV", default=None,
+                    help="git revision whose bundled checkpoints are timed in turn with today's (the issue's bar: "
+                         "round 1, %(const)s)", const=ROUND1, nargs="?")
     ap.add_argument("--tokenizers", nargs="+", type=Path, default=None,
                     help="only print the held-out PSNR of these tokenizer folders or runs (on a GPU if there is one)")
     args = ap.parse_args(argv)
@@ -304,14 +340,21 @@ def main(argv=None) -> dict:
         pipe = edifice.load(spec, device="cpu")
         if list(pipe.class_names or []) != names:
             raise SystemExit(f"{spec}: its classes {pipe.class_names} are not the dataset's {names}")
+        folder = edifice.presets.get(spec).folder if spec in edifice.presets.presets() else Path(spec)
+        baseline = load_at(args.baseline, folder) if args.baseline else None
         showcase = pipe.defaults.get("labels", 0)
         rep = {"tokenizer": tokenizer_quality(pipe, x_ho, y_ho, clf, feat_ho), "classifier": classifier,
                "settings": [], "date": report["date"], "machine": report["machine"],
-               "n_per_class": args.n_per_class, **latency(pipe, showcase if isinstance(showcase, int) else 0)}
+               "n_per_class": args.n_per_class,
+               **latency(pipe, showcase if isinstance(showcase, int) else 0, baseline)}
+        if baseline is not None:
+            rep["baseline"]["rev"] = args.baseline
         tok = rep["tokenizer"]
         print(f"\n{spec}: tokenizer PSNR {tok['psnr_db']} dB, codebook usage {tok['codebook_usage']:.0%}, "
               f"reconstructions: fidelity {tok['recon_fidelity']:.1%}, FD {tok['recon_fd']:.2f}; first frame "
-              f"{rep['first_frame_seconds']:.3f} s, one image {rep['image_seconds']:.3f} s")
+              f"{rep['first_frame_seconds']:.3f} s, one image {rep['image_seconds']:.3f} s" + (
+                  f" (x{rep['baseline']['first_frame_ratio']:.2f} and x{rep['baseline']['image_ratio']:.2f} of "
+                  f"{args.baseline}'s, timed in turn)" if baseline is not None else ""))
         print(f"{'setting':<60} {'fidelity':>9} {'FD':>8} {'FD mix':>8} {'s/img':>7}")
         for label, kw in settings_for(pipe):
             row = {"setting": label, **kw,
@@ -323,7 +366,6 @@ def main(argv=None) -> dict:
                   f"{row['seconds_per_image']:>7.3f}")
         report["models"][spec] = rep
         if args.write_cards:
-            folder = edifice.presets.get(spec).folder if spec in edifice.presets.presets() else Path(spec)
             imgs, labels, _ = generate(pipe, 8, len(names), args.seed)
             contact_sheet(imgs, labels, len(names), 8, folder / "samples.png")
             write_card(folder, card_section(spec, rep, names))

@@ -21,13 +21,22 @@ def save_report(name: str, machine: str, rows: list[dict]) -> dict:
 def timed(fn, repeats: int = 1, warmup: bool = False, device: torch.device | None = None) -> float:
     """Median seconds of ``repeats`` calls of ``fn()`` (after one untimed call with ``warmup``), waiting for a
     CUDA ``device`` to finish each one."""
+    return timed_in_turn([fn], repeats, warmup, device)[0]
+
+
+def timed_in_turn(fns, repeats: int = 1, warmup: bool = False, device: torch.device | None = None) -> list[float]:
+    """Median seconds of each of ``fns``, called in turn ``repeats`` times (after one untimed round with
+    ``warmup``). On a shared machine whose speed drifts by 20% between minutes, times taken in turn can be
+    compared with each other; times taken minutes apart cannot."""
     if warmup:
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if device is not None and device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            if device is not None and device.type == "cuda":
+                torch.cuda.synchronize(device)
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]

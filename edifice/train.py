@@ -22,7 +22,9 @@ edifice.train ...``), with ``--mixed-precision`` and ``--grad-accum``. Input is 
   keep just one size between at 0.3 (1,2,16 alone: 5%), against 9% (1.6%) at 1/2.
 - ``var`` and ``mar`` take ``--flip``: every training image also mirrored left-right (with cached latents, the
   mirrors are encoded once up front and the data doubles; without, each image of a batch is mirrored with
-  probability 1/2).
+  probability 1/2), and ``--shift N`` with ``--no-cache-latents``: each image moved by up to N pixels, as for
+  the tokenizer, and encoded at every step (a 2-pixel move is half a 16x16 token, so every position gives
+  new token maps of the same emoji).
 - ``mar``: cross-entropy on the masked tokens, mask ratios from MAR's training default (``maskgit``:
   cos(pi u / 2), see :func:`edifice.generative.mar.sample_mask_ratio`), class dropout.
 - ``fractalgen``: pixel space, no tokenizer: the authors' loss (``FractalGen.forward`` in
@@ -425,6 +427,9 @@ class TransformerTask(Task):
         self.dataset = ImageFolder(args.data, self.vae.cfg.image_size)
         self.num_classes = len(self.dataset.folders)
         self.cached = None
+        if args.shift and args.cache_latents:
+            raise SystemExit("--shift moves every image anew at each step, so its latents cannot be cached: "
+                             "add --no-cache-latents")
         if args.cache_latents:
             self.cached = self.prepare(*encode_dataset(self.vae, self.dataset, args.batch_size, device, args.workers,
                                                        mirror=args.flip))
@@ -445,12 +450,12 @@ class TransformerTask(Task):
 
     @torch.no_grad()
     def inputs(self, batch, g: torch.Generator):
-        """A batch as the loss reads it: a cached one as it is; images mirrored (``--flip``, drawn from the
-        step's generator ``g``, so a resumed run mirrors the same ones) and encoded."""
+        """A batch as the loss reads it: a cached one as it is; images mirrored and moved (``--flip``,
+        ``--shift``, drawn from the step's generator ``g``, so a resumed run repeats them) and encoded."""
         if self.cached is not None:
             return batch
         img, y = batch
-        return self.prepare(self.vae.encode(augment(img, self.args.flip, 0, g)).float(), y)
+        return self.prepare(self.vae.encode(augment(img, self.args.flip, self.args.shift, g)).float(), y)
 
     def export(self, model, folder, card):
         return save_pipeline(self.pipeline(copy.deepcopy(self.vae).cpu(), model, self.dataset.class_names, {}),
@@ -888,6 +893,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="encode the dataset once up front (off for folders too big for memory)")
         s.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
                        help="train on every image and its left-right mirror (the cached latents double)")
+        s.add_argument("--shift", type=int, default=0,
+                       help="move each image by up to this many pixels each way, white fill (needs "
+                            "--no-cache-latents: each batch is encoded anew)")
         if stage == "var":
             add_scale_aug(s, 0.5)
         else:

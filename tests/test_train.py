@@ -215,6 +215,24 @@ def test_generator_flip_adds_every_image_mirrored(images, tokenizer_run, tmp_pat
     assert 0 < sum(flips) < len(flips)
 
 
+def test_generator_shift_encodes_moved_images(images, tokenizer_run, tmp_path):
+    """``--shift`` on a generator stage: each batch's images are moved as ``augment`` moves them (the step's
+    generator decides) and encoded anew, so it refuses cached latents."""
+    vae = train.load_tokenizer(tokenizer_run["out"])
+    opts = ["var", "--data", str(images), "--out", str(tmp_path / "o"), "--tokenizer", str(tokenizer_run["out"]),
+            "--shift", "2", "--batch-size", "8", "--depth", "1", "--width", "32"]
+    with pytest.raises(SystemExit, match="--no-cache-latents"):
+        train.TASKS["var"](train.build_parser().parse_args(opts), None, "cpu")
+    task = train.TASKS["var"](train.build_parser().parse_args(opts + ["--no-cache-latents"]), None, "cpu")
+    batch = next(task.batches(0, 0, 1))
+    f, y = task.inputs(batch, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        moved = vae.encode(train.augment(batch[0], False, 2, torch.Generator().manual_seed(3))).float()
+        still = vae.encode(batch[0]).float()
+    assert torch.equal(y, batch[1]) and torch.allclose(f, moved, atol=1e-6)
+    assert not torch.allclose(f, still, atol=1e-3)
+
+
 def test_index_batches_shard_seed_and_resume():
     a = train.index_batches(20, 3, seed=1)
     first = [next(a) for _ in range(14)]  # 6 batches per epoch: covers 2+ epochs
