@@ -232,6 +232,8 @@ def latency(pipe, label: int, baseline=None) -> dict:
 def load_at(rev: str, folder: Path):
     """The bundled checkpoint ``folder`` as it was at git revision ``rev`` (extracted to a temporary folder and
     loaded on the CPU): an earlier round of a bundled model, to time against."""
+    if not folder.resolve().is_relative_to(ROOT):
+        raise SystemExit(f"--baseline {rev}: {folder} is not a checkpoint folder of this repository")
     rel = folder.resolve().relative_to(ROOT).as_posix()
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, rel], capture_output=True)
     if archive.returncode:

@@ -422,14 +422,14 @@ class TransformerTask(Task):
     lr, weight_decay = 4e-4, 0.05
 
     def __init__(self, args, saved, device):
+        if args.shift and args.cache_latents:  # before the tokenizer loads and the folder is read
+            raise SystemExit("--shift moves every image anew at each step, so its latents cannot be cached: "
+                             "add --no-cache-latents")
         super().__init__(args, saved, device)
         self.vae = load_tokenizer(args.tokenizer).to(device)
         self.dataset = ImageFolder(args.data, self.vae.cfg.image_size)
         self.num_classes = len(self.dataset.folders)
         self.cached = None
-        if args.shift and args.cache_latents:
-            raise SystemExit("--shift moves every image anew at each step, so its latents cannot be cached: "
-                             "add --no-cache-latents")
         if args.cache_latents:
             self.cached = self.prepare(*encode_dataset(self.vae, self.dataset, args.batch_size, device, args.workers,
                                                        mirror=args.flip))

@@ -226,6 +226,7 @@ def test_generator_shift_encodes_moved_images(images, tokenizer_run, tmp_path):
     task = train.TASKS["var"](train.build_parser().parse_args(opts + ["--no-cache-latents"]), None, "cpu")
     batch = next(task.batches(0, 0, 1))
     f, y = task.inputs(batch, torch.Generator().manual_seed(3))
+    assert torch.equal(task.inputs(batch, torch.Generator().manual_seed(3))[0], f)  # a resumed step repeats it
     with torch.no_grad():
         moved = vae.encode(train.augment(batch[0], False, 2, torch.Generator().manual_seed(3))).float()
         still = vae.encode(batch[0]).float()
