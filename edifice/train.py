@@ -169,10 +169,21 @@ def replace_dir(tmp: Path, folder: Path) -> None:
 
 
 # -- pieces shared by the stages ------------------------------------------------------------------------------
+def class_weights(labels: torch.Tensor, balance: float) -> torch.Tensor | None:
+    """Per-image sampling weights that give each class a share of the batches proportional to its image count
+    to the power ``1 - balance``: 0 draws images uniformly (the data's own class mix, None), 1 draws classes
+    uniformly (a class of 150 images as often as one of 700), 0.5 in between."""
+    if balance == 0:
+        return None
+    counts = torch.bincount(labels).double()
+    return counts[labels].pow(-balance)
+
+
 def index_batches(n: int, batch_size: int, seed: int, start: int = 0, rank: int = 0,
-                  world: int = 1) -> Iterator[torch.Tensor]:
+                  world: int = 1, weights: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Index batches forever: epoch e is ``randperm(n)`` from a generator seeded with (seed, e), split between
-    the processes, cut into full batches. ``start`` skips that many batches (resuming mid-epoch)."""
+    the processes, cut into full batches. ``start`` skips that many batches (resuming mid-epoch). With
+    ``weights`` (see :func:`class_weights`) an epoch is instead n draws with replacement in those proportions."""
     per_epoch = n // world // batch_size
     if per_epoch == 0:
         raise SystemExit(f"{n} images are fewer than one batch ({batch_size} x {world} processes); "
@@ -180,7 +191,8 @@ def index_batches(n: int, batch_size: int, seed: int, start: int = 0, rank: int 
     epoch, skip = divmod(start, per_epoch)
     while True:
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=g)[rank::world]
+        order = torch.randperm(n, generator=g) if weights is None else torch.multinomial(weights, n, True, generator=g)
+        perm = order[rank::world]
         for b in range(skip, per_epoch):
             yield perm[b * batch_size:(b + 1) * batch_size]
         epoch, skip = epoch + 1, 0
@@ -323,7 +335,9 @@ class Task:
         raise NotImplementedError
 
     def image_batches(self, dataset: ImageFolder, start: int, rank: int, world: int) -> Iterator:
-        sampler = index_batches(len(dataset), self.args.batch_size, self.args.seed, start, rank, world)
+        labels = torch.tensor([label for _, label in dataset.samples])
+        sampler = index_batches(len(dataset), self.args.batch_size, self.args.seed, start, rank, world,
+                                class_weights(labels, self.args.class_balance))
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=self.args.workers)
         for img, y in loader:
             yield img.to(self.device), y.to(self.device)
@@ -444,7 +458,8 @@ class TransformerTask(Task):
             yield from self.image_batches(self.dataset, start, rank, world)
             return
         x, y = self.cached
-        for idx in index_batches(len(y), self.args.batch_size, self.args.seed, start, rank, world):
+        weights = class_weights(y.cpu(), self.args.class_balance)
+        for idx in index_batches(len(y), self.args.batch_size, self.args.seed, start, rank, world, weights):
             idx = idx.to(y.device)
             yield x[idx], y[idx]
 
@@ -838,6 +853,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the steps, so the learning-rate schedule ends on time (the card records them; rerun with "
                         "that --steps to repeat the schedule)")
     g.add_argument("--batch-size", type=int, default=32, help="images per process per micro-batch")
+    g.add_argument("--class-balance", type=parse_share, default=0.0,
+                   help="0: draw images uniformly (each class as often as it has images); 1: draw classes "
+                        "uniformly; between: each class's share grows as its image count to the power 1 - this")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate (default: per stage)")
     g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: per stage)")

@@ -247,6 +247,39 @@ def test_index_batches_shard_seed_and_resume():
         next(train.index_batches(5, 8, 0))
 
 
+def test_class_balance_sets_each_class_share_and_resumes(images, tokenizer_run, tmp_path):
+    """``--class-balance b``: each class is drawn in proportion to its image count to the power 1 - b (0: the
+    data's own mix, 1: classes evenly), epoch by epoch from the seed, so a resumed run draws the same; the
+    generator stages draw their cached batches with those weights."""
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)
+    assert train.class_weights(labels, 0.0) is None
+    for balance, expect in ((1.0, [1 / 3] * 3), (0.5, [c ** 0.5 / sum(k ** 0.5 for k in (60, 30, 10))
+                                                       for c in (60, 30, 10)])):
+        order = train.index_batches(100, 10, seed=2, weights=train.class_weights(labels, balance))
+        drawn = torch.cat([next(order) for _ in range(400)])
+        shares = torch.bincount(labels[drawn], minlength=3).double() / len(drawn)
+        assert torch.allclose(shares, torch.tensor(expect, dtype=torch.float64), atol=0.02), (balance, shares)
+    w = train.class_weights(labels, 1.0)
+    first = [b for _, b in zip(range(25), train.index_batches(100, 10, seed=2, weights=w), strict=False)]
+    resumed = train.index_batches(100, 10, seed=2, start=13, weights=w)
+    assert all(torch.equal(next(resumed), b) for b in first[13:])
+
+    args = train.build_parser().parse_args(["var", "--data", str(images), "--out", str(tmp_path / "o"),
+                                            "--tokenizer", str(tokenizer_run["out"]), "--class-balance", "1",
+                                            "--batch-size", "8", "--depth", "1", "--width", "32"])
+    task = train.TASKS["var"](args, None, "cpu")
+    f, y = task.cached
+    weighted = train.index_batches(len(y), 8, seed=0, weights=train.class_weights(y, 1.0))
+    batches = task.batches(0, 0, 1)
+    for _ in range(6):
+        idx = next(weighted)
+        fb, yb = next(batches)
+        assert torch.equal(yb, y[idx]) and torch.equal(fb, f[idx])
+    with pytest.raises(SystemExit):
+        train.build_parser().parse_args(["var", "--data", "d", "--out", "o", "--tokenizer", "t", "--class-balance",
+                                         "1.5"])
+
+
 def test_lr_schedule_warms_up_then_decays_to_a_tenth():
     args = type("A", (), dict(lr=1.0, warmup=10, steps=110))()
     assert train.lr_at(0, args) == pytest.approx(0.1)
