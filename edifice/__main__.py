@@ -1,4 +1,4 @@
-"""Command line: ``python -m edifice convert|download|resave ...``.
+"""Command line: ``python -m edifice convert|download|resave|average ...``.
 
     python -m edifice convert --var-vae vae_ch160v4096z32.pth --var var_d16.pth --out var-d16
     python -m edifice convert --mar-vae kl16.safetensors --mar mar-large.safetensors --out mar-large
@@ -7,13 +7,18 @@
     python -m edifice convert --vq vq_ds16_c2i.pt --llamagen c2i_L_384.pt --out llamagen-l-384
     python -m edifice download var-d16             # a preset or an org/name Hub repo; --revision, --force
     python -m edifice resave runs/emoji-var/export --out checkpoints/emoji-var --dtype fp16 --set cfg=2.0
+    python -m edifice average runs/ckpt-a runs/ckpt-b runs/ckpt-c --out runs/soup --dtype fp16
 
 ``convert`` turns the authors' pickles into an edifice checkpoint folder (``edifice.load(folder)``); files
 named as in an official preset get that preset's class names and recommended sampling. ``download``
 pre-fetches into the Hub cache, for offline use and Spaces' ``preload_from_hub``. ``resave`` writes a
 checkpoint again with its weights stored in another dtype (fp16 halves the size; loading on a CPU still
 computes in float32) and/or new recommended sampling settings (``--set key=value``, values read as JSON);
-the model card's text after its header is kept. Errors print one line and exit with status 1.
+the model card's text after its header is kept. ``average`` writes the mean of the generator weights of several
+fine-tunes of one model, a uniform "model soup" (Wortsman et al. 2022): fine-tunes that start from the same
+weights stay in one basin of the loss, so their mean is a model too, often better than each. They must share
+architecture, classes and tokenizer (every tokenizer tensor equal, so their tokens mean the same); the first
+gives the recommended sampling and the model card. Errors print one line and exit with status 1.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from . import loading, presets
+from .checkpoint import config_of
 from .errors import EdificeError
 from .official import load_official_mar, load_official_var
 from .official_fractalgen import load_official_fractalgen, parse_config
@@ -105,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="swap in this tokenizer folder (a `tokenizer --decoder-only` run): its encoder and "
                              "codebook must be the checkpoint's, so the generator's tokens keep their meaning")
     resave.set_defaults(run=run_resave)
+    average = sub.add_parser("average", help="the mean of the generator weights of fine-tunes of one model")
+    average.add_argument("specs", nargs="+", metavar="spec",
+                         help="checkpoint folders, presets or Hub repos: fine-tunes of one model, at least two")
+    average.add_argument("--out", type=Path, required=True, help="folder to write (not one of the sources)")
+    average.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="storage dtype")
+    average.set_defaults(run=run_average)
     return parser
 
 
@@ -120,18 +132,55 @@ def run_resave(args: argparse.Namespace) -> None:
             pipe.defaults[key] = value
     if args.tokenizer is not None:
         swap_decoder(pipe, args.tokenizer)
-    dtype = loading.DTYPES[args.dtype]
+    write(pipe, args.out, args.dtype, Path(args.spec) / "README.md")
+
+
+def write(pipe, out: Path, dtype_name: str, source_card: Path, note: str = "") -> None:
+    """Save ``pipe`` with its weights stored in ``dtype_name``, the source card's text after its header kept and
+    ``note`` added."""
+    dtype = loading.DTYPES[dtype_name]
     loading.place(pipe, "cpu", dtype)
     pipe.tokenizer.to(dtype)
-    source_card = Path(args.spec) / "README.md"
-    kept = source_card.read_text().split("\n## ", 1)[1] if source_card.is_file() and "\n## " in \
-        source_card.read_text() else None
-    pipe.save_pretrained(args.out)
-    if kept:
-        with open(args.out / "README.md", "a") as f:
-            f.write("\n## " + kept)
-    size = sum(f.stat().st_size for f in args.out.iterdir())
-    print(f"wrote {args.out} ({size / 1e6:.1f} MB, {args.dtype}); defaults {pipe.defaults}")
+    text = source_card.read_text() if source_card.is_file() else ""
+    kept = "\n## " + text.split("\n## ", 1)[1] if "\n## " in text else ""
+    pipe.save_pretrained(out)
+    if kept or note:
+        with open(out / "README.md", "a") as f:
+            f.write(kept + (f"\n{note}\n" if note else ""))
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"wrote {out} ({size / 1e6:.1f} MB, {dtype_name}); defaults {pipe.defaults}")
+
+
+def run_average(args: argparse.Namespace) -> None:
+    if len(args.specs) < 2:
+        raise EdificeError("average: give at least two checkpoints, fine-tunes of one model")
+    if any(Path(spec).resolve() == args.out.resolve() for spec in args.specs):
+        raise EdificeError("average: --out must be a new folder, not one of the sources")
+    pipes = [loading.load(spec, device="cpu", dtype="fp32") for spec in tqdm(args.specs, desc="loading", unit="ckpt")]
+    first, same = pipes[0], {k: v for k, v in config_of(pipes[0]).items() if k != "defaults"}
+    for spec, pipe in zip(args.specs[1:], pipes[1:], strict=True):
+        theirs = {k: v for k, v in config_of(pipe).items() if k != "defaults"}
+        differ = [k for k in same if theirs[k] != same[k]]
+        if differ:
+            raise EdificeError(f"average: {spec} differs from {args.specs[0]} in {', '.join(differ)}; only "
+                               "fine-tunes of one model average")
+        tokenizer = pipe.tokenizer.state_dict()
+        for name, tensor in first.tokenizer.state_dict().items():
+            if not torch.equal(tokenizer[name], tensor):
+                raise EdificeError(f"average: {spec} has another tokenizer ({name} differs), so its generator's "
+                                   "tokens do not mean the same")
+    states = [pipe.model.state_dict() for pipe in pipes]
+    mean = {}
+    for name, tensor in states[0].items():
+        if tensor.is_floating_point():
+            mean[name] = torch.stack([state[name] for state in states]).mean(0)
+        elif all(torch.equal(state[name], tensor) for state in states[1:]):
+            mean[name] = tensor  # integer buffers (e.g. VAR's scale of each position) are part of the layout
+        else:
+            raise EdificeError(f"average: the checkpoints' {name} differ; only fine-tunes of one model average")
+    first.model.load_state_dict(mean)
+    sources = ", ".join(f"`{spec}`" for spec in args.specs)
+    write(first, args.out, args.dtype, Path(args.specs[0]) / "README.md", f"Generator weights: the mean of {sources}.")
 
 
 def swap_decoder(pipe, folder: Path) -> None:

@@ -1,4 +1,4 @@
-"""`python -m edifice resave`: storage dtype and recommended sampling of a checkpoint, model card kept."""
+"""`python -m edifice resave` (storage dtype, recommended sampling, model card kept) and `average` (model soups)."""
 
 import torch
 from safetensors import safe_open
@@ -32,37 +32,41 @@ def test_resave_rejects_malformed_settings(tmp_path, capsys):
     assert "key=value" in capsys.readouterr().err
 
 
-def test_average_checkpoints_means_the_generators_and_refuses_another_tokenizer(tmp_path):
-    """scripts/average_checkpoints.py: the generator tensors are the mean of the sources', the tokenizer and the
-    first source's config are kept, and a checkpoint with another tokenizer is refused."""
-    import importlib.util
-    from pathlib import Path
-
-    import pytest
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "average_checkpoints.py"
-    spec = importlib.util.spec_from_file_location("average_checkpoints", script)
-    avg = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(avg)
-
-    a = tiny_var()
-    b = tiny_var()
+def test_average_means_the_generators_and_refuses_another_model(tmp_path, capsys):
+    """`average`: the generator's float tensors are the mean of the sources' (VAR's float32 head exactly, in an
+    fp16 file too), integer buffers, tokenizer, defaults and card come from the first source, and checkpoints
+    of another tokenizer or architecture are refused before anything is written."""
+    a, b = tiny_var(), tiny_var()
     with torch.no_grad():
         for p in b.model.parameters():
             p.add_(torch.randn_like(p))
     fa, fb = a.save_pretrained(tmp_path / "a"), b.save_pretrained(tmp_path / "b")
-    avg.main([str(fa), str(fb), "--out", str(tmp_path / "soup")])
+    with open(fa / "README.md", "a") as f:
+        f.write("\n## Training\n\nround 6\n")
+    assert main(["average", str(fa), str(fb), "--out", str(tmp_path / "soup")]) == 0
     soup = edifice.load(str(tmp_path / "soup"), device="cpu")
     for (name, p), pa, pb in zip(soup.model.named_parameters(), a.model.parameters(), b.model.parameters(),
                                  strict=True):
-        assert torch.allclose(p, (pa + pb) / 2, atol=1e-6), name
+        torch.testing.assert_close(p, (pa + pb) / 2, atol=1e-6, rtol=0, msg=name)
+    assert torch.equal(soup.model.lvl_1L, a.model.lvl_1L)
     assert torch.equal(soup.tokenizer.decoder.conv_out.weight, a.tokenizer.decoder.conv_out.weight)
-    assert soup.defaults == a.defaults and "the mean of" in (tmp_path / "soup" / "README.md").read_text()
+    card = (tmp_path / "soup" / "README.md").read_text()
+    assert soup.defaults == a.defaults and "round 6" in card and f"the mean of `{fa}`, `{fb}`" in card
+
+    assert main(["average", str(fa), str(fb), "--out", str(tmp_path / "half"), "--dtype", "fp16"]) == 0
+    half = edifice.load(str(tmp_path / "half"), device="cpu")
+    assert torch.equal(half.model.head.weight, soup.model.head.weight)  # float32 head: not rounded to fp16
+    assert torch.equal(half.model.blocks[0].ffn.fc1.weight, soup.model.blocks[0].ffn.fc1.weight.half().float())
 
     with torch.no_grad():
         b.tokenizer.decoder.conv_out.weight.add_(1)
     fc = b.save_pretrained(tmp_path / "c")
-    with pytest.raises(SystemExit, match="tokenizer differs"):
-        avg.main([str(fa), str(fc), "--out", str(tmp_path / "bad")])
-    with pytest.raises(SystemExit, match="new folder"):
-        avg.main([str(fa), str(fb), "--out", str(fa)])
+    d = tiny_var()
+    d.class_names = ["x", "y", "z"]
+    fd = d.save_pretrained(tmp_path / "d")
+    bad = tmp_path / "bad"
+    for specs, out, message in (([fa, fc], bad, "another tokenizer"), ([fa, fd], bad, "differs from"),
+                                ([fa], bad, "at least two"), ([fa, fb], fa, "new folder")):
+        assert main(["average", *map(str, specs), "--out", str(out)]) == 1
+        assert message in capsys.readouterr().err and not bad.exists()
+    assert torch.equal(edifice.load(str(fa), device="cpu").model.head.weight, a.model.head.weight)

@@ -214,6 +214,9 @@ def test_temperature_zero_is_greedy(pipe):
 def test_bfloat16_transformer_samples_finite_images():
     p = load_official_var(FIX / "vae_tiny.pth", FIX / "var_tiny.pth", device="cpu", dtype=torch.bfloat16)
     assert p.var.blocks[0].attn.mat_qkv.weight.dtype == torch.bfloat16 and p.var.head.weight.dtype == torch.float32
+    full = load_official_var(FIX / "vae_tiny.pth", FIX / "var_tiny.pth", device="cpu").var
+    for m, f in ((p.var.head, full.head), (p.var.head_nm, full.head_nm)):  # the float32 head is not rounded
+        assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), f.state_dict().values(), strict=True))
     img = p.generate(labels=[3, 7], top_k=1, cfg=1.5, seed=0)
     assert img.shape == (2, 3, 64, 64) and torch.isfinite(img).all()
 

@@ -217,11 +217,16 @@ class VAR(nn.Module):
         return self.get_logits(x_BLC, cond_BD)
 
     def cast(self, dtype: torch.dtype) -> VAR:
-        """Put the transformer in ``dtype`` but keep the AdaLN head in float32, as the official code does."""
-        self.to(dtype)
+        """Put the transformer in ``dtype`` but keep the AdaLN head in float32, as the official code does. The
+        head is cast around, not through ``dtype``, so a float32 head keeps every bit (a bf16 placement or an
+        fp16 resave does not round it)."""
+        for child in self.children():
+            if child is not self.head_nm and child is not self.head:
+                child.to(dtype)
+        for param in self.parameters(recurse=False):
+            param.data = param.data.to(dtype)
         self.head_nm.float()
         self.head.float()
-        self.attn_bias_for_masking = self.attn_bias_for_masking.float()
         return self
 
     def scale_graphs(self, batch_size: int, scale_ids: Sequence[int]) -> ScaleGraphs:
