@@ -90,8 +90,7 @@ def main(argv=None) -> dict:
     out = quality.RESULTS / f"sweep_{Path(args.model).name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"model": args.model, "bar": bar, "n_per_class": args.n_per_class, "seed_sets": args.seed_sets,
-              "grid": grid, "rows": rows,
-              "chosen": chosen}
+              "grid": grid, "rows": rows, "chosen": chosen}
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
