@@ -162,6 +162,12 @@ def showcase_class(pipe) -> str:
     return choices[2] if len(choices) > 2 else "random"
 
 
+def showcase_seed(pipe) -> int:
+    """The seed shown first: the checkpoint's recommended ``seed`` when it names one, else 0."""
+    seed = pipe.defaults.get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= SEED_MAX else 0
+
+
 def parse_class(value, pipe) -> int | None:
     """'random' -> None (drawn from the seed), 'unconditional' -> -1, '207 · name' / '207' / a name -> index."""
     value = str(value if value is not None else "random").strip()
@@ -805,8 +811,8 @@ def show_compare(percent, request: gr.Request = None):
 
 # -- page -----------------------------------------------------------------------------------------------------
 def select_model(spec, progress=gr.Progress()):
-    """/select_model: load a model; returns its description, class choices, the settings slots and a cleared
-    run (a model switch clears the previous run's outputs)."""
+    """/select_model: load a model; returns its description, class choices, the settings slots, a cleared run
+    (a model switch clears the previous run's outputs) and, last, its showcase seed."""
     pipe = load(spec, progress)
     size = f"{pipe.image_size}×{pipe.image_size} px" if pipe.image_size else ""
     info = (f"**{check_spec(spec)}** · {pipe.family} · {size} · {pipe.num_classes} classes · "
@@ -818,7 +824,8 @@ def select_model(spec, progress=gr.Progress()):
     defaults = {c.name: c.default for c in pipe.controls()}
     note = settings_note(spec, 1, [defaults.get(c.name) if c is not None else None for c in slot_controls(pipe)])
     return (info, gr.update(choices=classes, value=showcase_class(pipe)), legend,
-            *(slot_update(c, defaults) for c in slot_controls(pipe)), *CLEARED, None, "", note, check_spec(spec))
+            *(slot_update(c, defaults) for c in slot_controls(pipe)), *CLEARED, None, "", note, check_spec(spec),
+            showcase_seed(pipe))
 
 
 def check_slots_belong(model, slots_for):
@@ -980,7 +987,7 @@ def build_demo() -> gr.Blocks:
                        run_info]
         view = [live, tokens, uncertainty, status, numbers]
         slots_for = gr.State(None)  # the model whose settings the slots show (select_model sets it)
-        selected = [info, class_name, legend, *slots, *run_outputs, candidates, picked, note, slots_for]
+        selected = [info, class_name, legend, *slots, *run_outputs, candidates, picked, note, slots_for, seed]
         model.change(select_model, model, selected, api_name="select_model", show_progress_on=info)
         demo.load(select_model, model, selected, api_visibility="private", show_progress_on=info)
         # the page's handlers take their inputs as one dict (a set of components), so that the slots can be any

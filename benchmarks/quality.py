@@ -219,7 +219,7 @@ def contact_sheet(imgs: torch.Tensor, labels: torch.Tensor, num_classes: int, pe
 
 def settings_for(pipe) -> list[tuple[str, dict]]:
     """The rows measured: the recommended settings, then the variations a visitor is offered."""
-    d = {k: v for k, v in pipe.defaults.items() if k != "labels"}
+    d = {k: v for k, v in pipe.defaults.items() if k not in ("labels", "seed")}  # the app's showcase
     shown = ", ".join(f"{k}={v}" for k, v in d.items())
     rows = [(f"defaults ({shown})" if shown else "defaults", {})]
     if pipe.kind == "var":

@@ -11,7 +11,8 @@
 
 ``classes`` is the name of a class list shipped in ``assets/`` when the pipeline's names equal one (ImageNet's
 1000), else the list itself. ``defaults`` are the sampling settings the checkpoint's author recommends;
-``pipeline.generate()`` uses them unless told otherwise.
+``pipeline.generate()`` uses them unless told otherwise (``labels`` and ``seed`` among them name the showcase
+the app opens on).
 
 Model families are looked up in :data:`FAMILIES` by ``kind``; a new family is one entry there. A config.json
 is not trusted: its values are checked against the config dataclass's field types and sane bounds

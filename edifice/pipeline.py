@@ -4,7 +4,8 @@ Every family subclasses :class:`Pipeline`: ``stream(**kwargs)`` yields one recor
 with diffusion head) or scale (VAR), each carrying at least ``step``, ``num_steps``, ``tokens``, ``image``
 ([B, 3, H, W] in [0, 1] or None when previews are off), ``seconds``, ``labels`` and ``seed``;
 ``generate(**kwargs)`` returns the final images. ``defaults`` holds the sampling settings recommended for the
-checkpoint; explicit arguments win.
+checkpoint; explicit arguments win. ``labels`` and ``seed`` there, when a checkpoint names them, are its
+showcase: the class and seed the app opens on (so ``generate()`` with neither draws that showcase).
 
 A family also describes itself, so that a UI can be built without naming it (``app.py`` names no family):
 

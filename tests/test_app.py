@@ -182,6 +182,24 @@ def test_api_defaults_reproduce_the_page(client):
     assert len(steps(run(client, model="tiny-var", seed=0))) == 4
 
 
+def test_select_model_shows_the_checkpoints_showcase_seed(client):
+    """/select_model ends with the seed shown first: the checkpoint's ``defaults["seed"]`` when that is a valid
+    seed, else 0 (a bool, a negative number, a string or a float is not one)."""
+    from types import SimpleNamespace
+
+    import app
+
+    pipe = app.MODELS.get("tiny-var")
+    assert client.predict("tiny-var", api_name="/select_model")[-1] == 0
+    try:
+        pipe.defaults["seed"] = 11
+        assert client.predict("tiny-var", api_name="/select_model")[-1] == 11
+    finally:
+        del pipe.defaults["seed"]
+    for bad in (True, -1, "3", 2 ** 63, 1.5):
+        assert app.showcase_seed(SimpleNamespace(defaults={"seed": bad})) == 0
+
+
 def test_string_scales_and_none_values_are_accepted(client):
     """The schema's JSON settings take numbers as strings; None (e.g. preview) means the recommended value."""
     outs = run(client, model="tiny-var", seed=1, settings={"scales": ["1", "2", "4"], "preview": None})
