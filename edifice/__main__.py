@@ -157,18 +157,17 @@ def run_average(args: argparse.Namespace) -> None:
     if any(Path(spec).resolve() == args.out.resolve() for spec in args.specs):
         raise EdificeError("average: --out must be a new folder, not one of the sources")
     pipes = [loading.load(spec, device="cpu", dtype="fp32") for spec in tqdm(args.specs, desc="loading", unit="ckpt")]
-    first, same = pipes[0], {k: v for k, v in config_of(pipes[0]).items() if k != "defaults"}
+    first, ours = pipes[0], config_of(pipes[0])
     for spec, pipe in zip(args.specs[1:], pipes[1:], strict=True):
-        theirs = {k: v for k, v in config_of(pipe).items() if k != "defaults"}
-        differ = [k for k in same if theirs[k] != same[k]]
+        theirs = config_of(pipe)
+        differ = [k for k in ours if k != "defaults" and theirs[k] != ours[k]]
         if differ:
             raise EdificeError(f"average: {spec} differs from {args.specs[0]} in {', '.join(differ)}; only "
                                "fine-tunes of one model average")
-        tokenizer = pipe.tokenizer.state_dict()
-        for name, tensor in first.tokenizer.state_dict().items():
-            if not torch.equal(tokenizer[name], tensor):
-                raise EdificeError(f"average: {spec} has another tokenizer ({name} differs), so its generator's "
-                                   "tokens do not mean the same")
+        name = first_difference(first.tokenizer, pipe.tokenizer)
+        if name is not None:
+            raise EdificeError(f"average: {spec} has another tokenizer ({name} differs), so its generator's "
+                               "tokens do not mean the same")
     states = [pipe.model.state_dict() for pipe in pipes]
     mean = {}
     for name, tensor in states[0].items():
@@ -195,13 +194,21 @@ def swap_decoder(pipe, folder: Path) -> None:
     old = pipe.tokenizer
     if new.cfg.to_dict() != old.cfg.to_dict():
         raise EdificeError(f"resave --tokenizer: {folder} is not the same architecture as the checkpoint's tokenizer")
-    theirs = new.state_dict()
-    for name, tensor in old.state_dict().items():
-        if not name.startswith(("post_quant_conv.", "decoder.")) and not torch.equal(theirs[name].to(tensor.dtype),
-                                                                                       tensor):
-            raise EdificeError(f"resave --tokenizer: {folder} encodes differently ({name} differs); only a "
-                               "decoder fine-tune (`tokenizer --decoder-only --init ...`) can be swapped in")
-    old.load_state_dict(theirs)
+    name = first_difference(old, new, skip=("post_quant_conv.", "decoder."))
+    if name is not None:
+        raise EdificeError(f"resave --tokenizer: {folder} encodes differently ({name} differs); only a "
+                           "decoder fine-tune (`tokenizer --decoder-only --init ...`) can be swapped in")
+    old.load_state_dict(new.state_dict())
+
+
+def first_difference(ours: torch.nn.Module, theirs: torch.nn.Module, skip: tuple[str, ...] = ()) -> str | None:
+    """The name of the first tensor of ``ours`` whose value ``theirs`` does not share (names starting with one of
+    ``skip`` aside), or None. Both must have the same tensor names."""
+    other = theirs.state_dict()
+    for name, tensor in ours.state_dict().items():
+        if not name.startswith(skip) and not torch.equal(other[name].to(tensor.dtype), tensor):
+            return name
+    return None
 
 
 def run_convert(args: argparse.Namespace) -> None:

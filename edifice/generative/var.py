@@ -227,6 +227,7 @@ class VAR(nn.Module):
             param.data = param.data.to(dtype)
         self.head_nm.float()
         self.head.float()
+        self.attn_bias_for_masking = self.attn_bias_for_masking.float()
         return self
 
     def scale_graphs(self, batch_size: int, scale_ids: Sequence[int]) -> ScaleGraphs:
