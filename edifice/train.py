@@ -516,9 +516,19 @@ class VARTask(TransformerTask):
             x = quant.idx_to_var_input(idx, ids) if len(ids) > 1 else None
         logits = model(y, x, ids)
         target = torch.cat(idx, dim=1)
-        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten())
+        token_ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view_as(target)
+        loss = token_ce.mul(token_weights(self.vae.cfg.patch_nums, ids, self.args.scale_weight, token_ce.device)).mean()
         acc = (logits.detach().argmax(-1) == target).float().mean()
         return loss, {"loss": loss.detach(), "acc": acc}
+
+
+def token_weights(patch_nums, scale_ids, power: float, device) -> torch.Tensor:
+    """Loss weight of every token of the scale list ``[L]``, mean 1: a pn x pn scale's tokens weigh
+    ``pn ** (-2 * power)``. 0 weighs tokens alike (the official loss: the 16x16 scale is half the loss of
+    1..16, the scales up to 6x6 an eighth); 0.5 gives each scale a share growing as its side pn; 1 gives every
+    scale the same share. The coarse scales, where the layout is drawn, get more of the model's capacity."""
+    w = torch.cat([torch.full((patch_nums[si] ** 2,), float(patch_nums[si]) ** (-2 * power)) for si in scale_ids])
+    return (w / w.mean()).to(device)
 
 
 class MARTask(TransformerTask):
@@ -916,6 +926,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "--no-cache-latents: each batch is encoded anew)")
         if stage == "var":
             add_scale_aug(s, 0.5)
+            s.add_argument("--scale-weight", type=float, default=0.0,
+                           help="weigh a pn x pn scale's tokens by pn^(-2 x this): 0 alike (official), 0.5 each "
+                                "scale's share of the loss grows as pn, 1 every scale the same share")
         else:
             s.add_argument("--mask-schedule", choices=mar_mod.RATIO_SCHEDULES, default="maskgit",
                            help="mask-ratio distribution (see edifice.generative.mar.sample_mask_ratio)")

@@ -215,6 +215,41 @@ def test_generator_flip_adds_every_image_mirrored(images, tokenizer_run, tmp_pat
     assert 0 < sum(flips) < len(flips)
 
 
+def test_scale_weight_sets_each_scales_share_of_the_var_loss(images, tokenizer_run, tmp_path):
+    """``--scale-weight p`` weighs a pn x pn scale's tokens by pn^(-2p), mean 1 over the list: 0 is the plain
+    mean over tokens (as before the option), 1 the mean of the scales' mean cross-entropies."""
+    pns = (1, 2, 3, 4, 6, 8, 12, 16)
+    w = train.token_weights(pns, range(8), 0.5, "cpu")
+    shares = torch.stack([c.sum() for c in w.split([p * p for p in pns])]) / w.sum()
+    assert w.mean().item() == pytest.approx(1) and torch.allclose(shares, torch.tensor(pns) / sum(pns))
+    assert torch.equal(train.token_weights(pns, range(8), 0.0, "cpu"), torch.ones(530))
+    sub = train.token_weights(pns, [0, 1, 7], 1.0, "cpu")  # a sub-list: its own scales share the loss equally
+    assert sub.shape == (261,) and sub[0].item() == pytest.approx(sub[1:5].sum().item())
+    assert sub[5:].sum().item() == pytest.approx(sub[0].item())
+
+    def loss_of(power):
+        args = train.build_parser().parse_args(
+            ["var", "--data", str(images), "--out", str(tmp_path / "o"), "--tokenizer", str(tokenizer_run["out"]),
+             "--batch-size", "8", "--depth", "1", "--width", "32", "--scale-aug", "0", "--scale-weight", str(power)])
+        torch.manual_seed(0)
+        task = train.TASKS["var"](args, None, "cpu")
+        task.model.eval()  # no class dropout: both losses see the same labels
+        batch = next(task.batches(0, 0, 1))
+        loss, _ = task.loss(task.model, batch, torch.Generator().manual_seed(0))
+        f, y = task.inputs(batch, torch.Generator().manual_seed(0))
+        idx = task.vae.quantize.f_to_idx(f)
+        with torch.no_grad():
+            logits = task.model(y, task.vae.quantize.idx_to_var_input(idx))
+        ce = [torch.nn.functional.cross_entropy(lg.transpose(1, 2), t)
+              for lg, t in zip(logits.split([t.shape[1] for t in idx], 1), idx, strict=True)]
+        return loss.item(), ce, torch.cat(idx, 1).shape[1]
+
+    plain, ce, L = loss_of(0.0)
+    assert plain == pytest.approx(sum(c.item() * p * p for c, p in zip(ce, (1, 2, 4), strict=True)) / L, rel=1e-5)
+    equal, ce, _ = loss_of(1.0)
+    assert equal == pytest.approx(sum(c.item() for c in ce) / 3, rel=1e-5) and abs(equal - plain) > 1e-3
+
+
 def test_generator_shift_encodes_moved_images(images, tokenizer_run, tmp_path):
     """``--shift`` on a generator stage: each batch's images are moved as ``augment`` moves them (the step's
     generator decides) and encoded anew, so it refuses cached latents."""
