@@ -12,6 +12,12 @@ emoji: a stable hash of the unified code decides the side, so both art styles of
 variants, when included) always land together and held-out images are emoji the models never saw.
 Skin-tone variants are left out by default: they are recolourings of one shape and would make "People & Body"
 60% of the data (``--skin-tones`` adds them).
+
+``--styles twitter,google,fluent`` adds a third art style, Microsoft's Fluent Emoji (flat, MIT) from the npm
+package ``@lobehub/fluent-emoji-flat``: SVGs named by unified code, labelled by emoji-datasource's ``category``
+and rendered to PNG with resvg. The split rule is the same, so the held-out emoji of a build with it are the
+default build's and a model trained on the larger set is measured on the same held-out images
+(``benchmarks/quality.py`` reads the default build, ``data/emoji``).
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 EMOJI_VERSION = "16.0.0"
-EMOJI_STYLES = ("twitter", "google")
+EMOJI_STYLES = ("twitter", "google")  # the default build; the emoji-datasource packages, which also give the labels
+FLUENT_PACKAGE, FLUENT_VERSION = "@lobehub/fluent-emoji-flat", "1.1.0"
+ALL_STYLES = (*EMOJI_STYLES, "fluent")
 DROPPED_CATEGORIES = ("Component",)
 ATTRIBUTION = {
     "twitter": {
@@ -53,6 +61,13 @@ ATTRIBUTION = {
         "source": "https://github.com/googlefonts/noto-emoji (via the npm package emoji-datasource-google, "
                   "iamcal/emoji-data)",
     },
+    "fluent": {
+        "art": "Fluent Emoji (flat)",
+        "copyright": "Copyright (c) Microsoft Corporation",
+        "license": "MIT",
+        "license_url": "https://github.com/microsoft/fluentui-emoji/blob/main/LICENSE",
+        "source": f"https://github.com/microsoft/fluentui-emoji (via the npm package {FLUENT_PACKAGE})",
+    },
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
@@ -63,15 +78,21 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def fetch_npm_tarball(package: str, version: str = EMOJI_VERSION) -> Path:
+def package_of(style: str, version: str = EMOJI_VERSION) -> tuple[str, str]:
+    """The npm package and version holding one art style."""
+    return (FLUENT_PACKAGE, FLUENT_VERSION) if style == "fluent" else (f"emoji-datasource-{style}", version)
+
+
+def fetch_npm_tarball(package: str, version: str = EMOJI_VERSION, style: str | None = None) -> Path:
     """``npm pack package@version`` into the cache (once) and return the tarball's path."""
     dest = cache_dir()
-    path = dest / f"{package}-{version}.tgz"
+    path = dest / f"{package.lstrip('@').replace('/', '-')}-{version}.tgz"  # npm pack's own file name
     if path.is_file():
         return path
     if shutil.which("npm") is None:
         raise SystemExit(f"npm is not installed: download {package}@{version} yourself "
-                         f"(npm pack {package}@{version}) and pass the .tgz with --tarball-{package.rsplit('-', 1)[1]}")
+                         f"(npm pack {package}@{version}) and pass the .tgz with "
+                         f"--tarball-{style or package.rsplit('-', 1)[1]}")
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(["npm", "pack", f"{package}@{version}", "--pack-destination", str(dest), "--silent"],
                    check=True, stdout=subprocess.DEVNULL)
@@ -96,6 +117,25 @@ def read_package(tarball: Path, style: str) -> tuple[list[dict], dict[str, bytes
     return emoji, pngs
 
 
+def read_fluent(tarball: Path) -> dict[str, bytes]:
+    """The SVGs of the Fluent Emoji package by file name (``<unified code, lower case>.svg``)."""
+    prefix, svgs = "package/assets/", {}
+    with tarfile.open(tarball, "r:gz") as tar:
+        for member in tar:
+            if member.isfile() and member.name.startswith(prefix) and member.name.endswith(".svg"):
+                svgs[member.name[len(prefix):]] = tar.extractfile(member).read()
+    if not svgs:
+        raise SystemExit(f"{tarball} is not a {FLUENT_PACKAGE} package (needs {prefix}*.svg)")
+    return svgs
+
+
+def render_svg(svg: bytes, size: int) -> bytes:
+    """An SVG rendered to a ``size`` x ``size`` PNG (with alpha) by resvg."""
+    import resvg_py  # only the fluent style needs it
+
+    return bytes(resvg_py.svg_to_bytes(svg_string=svg.decode(), width=size, height=size))
+
+
 def slug(category: str) -> str:
     """Folder name of a category: "Smileys & Emotion" -> "smileys-emotion"."""
     return re.sub(r"[^a-z0-9]+", "-", category.lower()).strip("-")
@@ -117,16 +157,20 @@ def on_white(png: bytes, size: int) -> Image.Image:
 
 
 def emoji_images(entries: list[dict], style: str, skin_tones: bool):
-    """(emoji key, category, image file) of every image of one style; skin-tone variants share their base's key."""
+    """(emoji key, category, image file) of every image of one style; skin-tone variants share their base's key.
+    Fluent files are named by the unified code in lower case, not by emoji.json's ``image``."""
+    def name(e: dict) -> str:
+        return e["unified"].lower() + ".png" if style == "fluent" else e["image"]
+
     for e in entries:
         if e["category"] in DROPPED_CATEGORIES:
             continue
         if e.get(f"has_img_{style}", True):
-            yield e["unified"], e["category"], e["image"]
+            yield e["unified"], e["category"], name(e)
         if skin_tones:
             for v in e.get("skin_variations", {}).values():
                 if v.get(f"has_img_{style}", True):
-                    yield e["unified"], e["category"], v["image"]
+                    yield e["unified"], e["category"], name(v)
 
 
 def build_emoji(out: Path, tarballs: dict[str, Path], heldout_fraction: float = 0.1, skin_tones: bool = False,
@@ -140,7 +184,17 @@ def build_emoji(out: Path, tarballs: dict[str, Path], heldout_fraction: float = 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
 
-    packages = {style: read_package(Path(path), style) for style, path in tarballs.items()}
+    unknown = set(tarballs) - set(ALL_STYLES)
+    if unknown:
+        raise SystemExit(f"unknown emoji styles {sorted(unknown)}; choose from {', '.join(ALL_STYLES)}")
+    packages = {style: read_package(Path(path), style) for style, path in tarballs.items() if style != "fluent"}
+    if "fluent" in tarballs:
+        if not packages:
+            raise SystemExit("the fluent style takes its labels from an emoji-datasource package: "
+                             "add twitter or google")
+        svgs = read_fluent(Path(tarballs["fluent"]))
+        packages["fluent"] = (next(iter(packages.values()))[0],
+                              {k[:-4] + ".png": v for k, v in svgs.items()})
     jobs = [(style, key, cat, name) for style, (entries, _) in packages.items()
             for key, cat, name in emoji_images(entries, style, skin_tones)]
     counts = {split: Counter() for split in ("train", "heldout")}
@@ -151,6 +205,8 @@ def build_emoji(out: Path, tarballs: dict[str, Path], heldout_fraction: float = 
         if png is None:
             missing[style] += 1
             continue
+        if style == "fluent":
+            png = render_svg(png, size)
         split = "heldout" if is_heldout(key, heldout_fraction) else "train"
         folder = tmp / split / slug(cat)
         folder.mkdir(parents=True, exist_ok=True)
@@ -168,7 +224,7 @@ def build_emoji(out: Path, tarballs: dict[str, Path], heldout_fraction: float = 
         "split": f"by emoji: sha256(unified code) < {heldout_fraction} of the hash range -> heldout",
         "heldout_fraction": heldout_fraction,
         "skin_tones": skin_tones,
-        "sources": {style: {"package": f"emoji-datasource-{style}", "tarball": Path(path).name,
+        "sources": {style: {"package": package_of(style)[0], "tarball": Path(path).name,
                             "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
                     for style, path in tarballs.items()},
         "classes": classes,
@@ -235,20 +291,33 @@ class ImageFolder(torch.utils.data.Dataset):
         return img.float().div(127.5).sub(1), label
 
 
+def parse_styles(text: str) -> tuple[str, ...]:
+    styles = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in styles if s not in ALL_STYLES]
+    if bad or not styles or len(set(styles)) != len(styles):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct styles from {','.join(ALL_STYLES)}")
+    if not set(styles) & set(EMOJI_STYLES):
+        raise argparse.ArgumentTypeError(f"{text!r}: the labels come from twitter or google; include one")
+    return styles
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m edifice.data", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="dataset", required=True)
-    e = sub.add_parser("emoji", help="Twemoji + Noto emoji, 64x64, labelled by category")
+    e = sub.add_parser("emoji", help="Twemoji + Noto emoji (+ Fluent), 64x64, labelled by category")
     e.add_argument("--out", type=Path, default=Path("data/emoji"), help="output folder (default: data/emoji)")
-    for style in EMOJI_STYLES:
+    e.add_argument("--styles", type=parse_styles, default=EMOJI_STYLES,
+                   help=f"art styles, from {','.join(ALL_STYLES)} (default: {','.join(EMOJI_STYLES)}, the set "
+                        "benchmarks/quality.py measures on)")
+    for style in ALL_STYLES:
         e.add_argument(f"--tarball-{style}", type=Path, default=None,
-                       help=f"emoji-datasource-{style} .tgz (default: npm pack into {cache_dir()})")
+                       help=f"{package_of(style)[0]} .tgz (default: npm pack into {cache_dir()})")
     e.add_argument("--version", default=EMOJI_VERSION, help="npm package version (default: %(default)s)")
     e.add_argument("--heldout", type=float, default=0.1, help="share of emoji held out (default: %(default)s)")
     e.add_argument("--skin-tones", action="store_true", help="also include the skin-tone variants")
     args = p.parse_args(argv)
-    tarballs = {s: getattr(args, f"tarball_{s}") or fetch_npm_tarball(f"emoji-datasource-{s}", args.version)
-                for s in EMOJI_STYLES}
+    tarballs = {s: getattr(args, f"tarball_{s}") or fetch_npm_tarball(*package_of(s, args.version), style=s)
+                for s in args.styles}
     m = build_emoji(args.out, tarballs, heldout_fraction=args.heldout, skin_tones=args.skin_tones)
     for split in ("train", "heldout"):
         c = m["counts"][split]

@@ -1,5 +1,6 @@
-"""The emoji dataset builder on two small fake npm tarballs laid out like emoji-datasource-{twitter,google}
-(package/emoji.json + package/img/<set>/64/*.png with alpha), and the ImageFolder reader."""
+"""The emoji dataset builder on small fake npm tarballs laid out like emoji-datasource-{twitter,google}
+(package/emoji.json + package/img/<set>/64/*.png with alpha) and @lobehub/fluent-emoji-flat
+(package/assets/*.svg), and the ImageFolder reader."""
 
 import io
 import json
@@ -152,6 +153,47 @@ def test_cli_with_tarballs_rebuilds_and_refuses_foreign_folders(tarballs, tmp_pa
         data.main(["emoji", "--out", str(foreign), "--tarball-twitter", str(tarballs["twitter"]),
                    "--tarball-google", str(tarballs["google"])])
     assert (foreign / "x").is_dir()
+
+
+FLUENT_SVG = (b'<svg xmlns="http://www.w3.org/2000/svg" width="32" height="32" viewBox="0 0 32 32">'
+              b'<rect x="8" y="8" width="16" height="16" fill="rgb(30,160,30)"/></svg>')
+
+
+def fake_fluent(path: Path, skip: str = "1F436") -> Path:
+    """Laid out like @lobehub/fluent-emoji-flat: package/assets/<unified, lower case>.svg, one emoji missing."""
+    codes = [c for c, _ in EMOJI if c != skip] + SKIN["1F44B"]
+    files = {"package/package.json": b"{}", **{f"package/assets/{c.lower()}.svg": FLUENT_SVG for c in codes}}
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+def test_fluent_style_renders_its_svgs_with_the_same_labels_and_split(tarballs, tmp_path, capsys):
+    fluent = fake_fluent(tmp_path / "lobehub-fluent-emoji-flat-1.1.0.tgz")
+    m = data.build_emoji(tmp_path / "e3", {**tarballs, "fluent": fluent}, heldout_fraction=0.4)
+    paths = [p for ps in files(tmp_path / "e3").values() for p in ps]
+    drawn = {p.stem.split("_", 1)[1]: p for p in paths if p.stem.startswith("fluent_")}
+    twitter = {p.stem.split("_", 1)[1]: p for p in paths if p.stem.startswith("twitter_")}
+    assert len(drawn) == 9 and "1f436" not in drawn and m["missing_images"] == {"fluent": 1}
+    for code, p in drawn.items():  # same class folder and same side of the split as the other art of the emoji
+        assert p.parent == twitter[code].parent
+        a = np.asarray(Image.open(p)).astype(int)
+        assert a.shape == (64, 64, 3) and (a[60, 60] == 255).all() and (np.abs(a[32, 32] - (30, 160, 30)) <= 2).all()
+    assert m["attribution"]["fluent"]["license"] == "MIT"
+    assert m["sources"]["fluent"]["package"] == "@lobehub/fluent-emoji-flat"
+    assert m["counts"]["train"]["by_style"]["fluent"] + m["counts"]["heldout"]["by_style"]["fluent"] == 9
+    with pytest.raises(SystemExit, match="labels from an emoji-datasource"):
+        data.build_emoji(tmp_path / "x", {"fluent": fluent})
+    for bad in ("fluent", "twitter,apple", "twitter,twitter"):
+        with pytest.raises(SystemExit):
+            data.main(["emoji", "--out", str(tmp_path / "y"), "--styles", bad])
+    assert "--styles" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    data.main(["emoji", "--out", str(tmp_path / "z"), "--styles", "twitter,fluent", "--heldout", "0.4",
+               "--tarball-twitter", str(tarballs["twitter"]), "--tarball-fluent", str(fluent)])
+    assert set(json.loads((tmp_path / "z" / "manifest.json").read_text())["sources"]) == {"twitter", "fluent"}
 
 
 def test_image_folder_reads_the_tree(built, tmp_path):
