@@ -526,7 +526,8 @@ def token_weights(patch_nums, scale_ids, power: float, device) -> torch.Tensor:
     """Loss weight of every token of the scale list ``[L]``, mean 1: a pn x pn scale's tokens weigh
     ``pn ** (-2 * power)``. 0 weighs tokens alike (the official loss: the 16x16 scale is half the loss of
     1..16, the scales up to 6x6 an eighth); 0.5 gives each scale a share growing as its side pn; 1 gives every
-    scale the same share. The coarse scales, where the layout is drawn, get more of the model's capacity."""
+    scale the same share: both weigh up the coarse scales, where the layout is drawn (on the bundled emoji VAR
+    that did not lower their held-out loss; see its card, round 13)."""
     w = torch.cat([torch.full((patch_nums[si] ** 2,), float(patch_nums[si]) ** (-2 * power)) for si in scale_ids])
     return (w / w.mean()).to(device)
 
