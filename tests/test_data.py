@@ -38,6 +38,16 @@ def png(style: str, palette: bool = False) -> bytes:
     return buf.getvalue()
 
 
+def write_tarball(path: Path, files: dict[str, bytes]) -> Path:
+    """A .tgz of ``files`` (archive name -> bytes), as npm pack writes one."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
 def fake_package(path: Path, style: str) -> Path:
     entries = []
     for code, cat in EMOJI:
@@ -51,12 +61,7 @@ def fake_package(path: Path, style: str) -> Path:
         for name in [e["image"]] + [v["image"] for v in e.get("skin_variations", {}).values()]:
             files[f"package/img/{style}/64/{name}"] = png(style, palette=name.startswith("1f600"))
     files[f"package/img/{style}/32/1f600.png"] = png(style)  # other sizes are ignored
-    with tarfile.open(path, "w:gz") as tar:
-        for name, blob in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    return path
+    return write_tarball(path, files)
 
 
 @pytest.fixture(scope="module")
@@ -163,12 +168,7 @@ def fake_fluent(path: Path, skip: str = "1F436") -> Path:
     """Laid out like @lobehub/fluent-emoji-flat: package/assets/<unified, lower case>.svg, one emoji missing."""
     codes = [c for c, _ in EMOJI if c != skip] + SKIN["1F44B"]
     files = {"package/package.json": b"{}", **{f"package/assets/{c.lower()}.svg": FLUENT_SVG for c in codes}}
-    with tarfile.open(path, "w:gz") as tar:
-        for name, blob in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    return path
+    return write_tarball(path, files)
 
 
 def test_fluent_style_renders_its_svgs_with_the_same_labels_and_split(tarballs, tmp_path, capsys):
