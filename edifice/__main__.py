@@ -18,7 +18,8 @@ the model card's text after its header is kept. ``average`` writes the mean of t
 fine-tunes of one model, a uniform "model soup" (Wortsman et al. 2022): fine-tunes that start from the same
 weights stay in one basin of the loss, so their mean is a model too, often better than each. They must share
 architecture, classes and tokenizer (every tokenizer tensor equal, so their tokens mean the same); the first
-gives the recommended sampling and the model card. Errors print one line and exit with status 1.
+gives the recommended sampling, the model card and the training-only rates (dropout, class dropout), which
+may differ. Errors print one line and exit with status 1.
 """
 
 from __future__ import annotations
@@ -151,6 +152,17 @@ def write(pipe, out: Path, dtype_name: str, source_card: Path, note: str = "") -
     print(f"wrote {out} ({size / 1e6:.1f} MB, {dtype_name}); defaults {pipe.defaults}")
 
 
+TRAINING_ONLY = ("dropout", "drop_rate", "attn_drop_rate", "drop_path_rate", "cond_drop_rate")
+
+
+def layout(key: str, value):
+    """A config.json entry without the rates that act only in training (dropout, class dropout): fine-tunes
+    that changed them still average."""
+    if key != "model":
+        return value
+    return {k: v for k, v in value.items() if k not in TRAINING_ONLY}
+
+
 def run_average(args: argparse.Namespace) -> None:
     if len(args.specs) < 2:
         raise EdificeError("average: give at least two checkpoints, fine-tunes of one model")
@@ -160,7 +172,7 @@ def run_average(args: argparse.Namespace) -> None:
     first, ours = pipes[0], config_of(pipes[0])
     for spec, pipe in zip(args.specs[1:], pipes[1:], strict=True):
         theirs = config_of(pipe)
-        differ = [k for k in ours if k != "defaults" and theirs[k] != ours[k]]
+        differ = [k for k in ours if k != "defaults" and layout(k, theirs[k]) != layout(k, ours[k])]
         if differ:
             raise EdificeError(f"average: {spec} differs from {args.specs[0]} in {', '.join(differ)}; only "
                                "fine-tunes of one model average")

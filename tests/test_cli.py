@@ -40,6 +40,7 @@ def test_average_means_the_generators_and_refuses_another_model(tmp_path, capsys
     with torch.no_grad():
         for p in b.model.parameters():
             p.add_(torch.randn_like(p))
+    b.model.cfg.drop_rate = 0.1  # a fine-tune with another dropout: the same layout, so it averages
     fa, fb = a.save_pretrained(tmp_path / "a"), b.save_pretrained(tmp_path / "b")
     with open(fa / "README.md", "a") as f:
         f.write("\n## Training\n\nround 6\n")
@@ -51,6 +52,7 @@ def test_average_means_the_generators_and_refuses_another_model(tmp_path, capsys
     assert torch.equal(soup.model.lvl_1L, a.model.lvl_1L)
     assert torch.equal(soup.tokenizer.decoder.conv_out.weight, a.tokenizer.decoder.conv_out.weight)
     card = (tmp_path / "soup" / "README.md").read_text()
+    assert soup.model.cfg.drop_rate == a.model.cfg.drop_rate != 0.1
     assert soup.defaults == a.defaults and "round 6" in card and f"the mean of `{fa}`, `{fb}`" in card
 
     assert main(["average", str(fa), str(fb), "--out", str(tmp_path / "half"), "--dtype", "fp16"]) == 0
