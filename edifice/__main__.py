@@ -152,12 +152,13 @@ def write(pipe, out: Path, dtype_name: str, source_card: Path, note: str = "") -
     print(f"wrote {out} ({size / 1e6:.1f} MB, {dtype_name}); defaults {pipe.defaults}")
 
 
-TRAINING_ONLY = ("dropout", "drop_rate", "attn_drop_rate", "drop_path_rate", "cond_drop_rate")
+TRAINING_ONLY = ("dropout", "drop_rate", "attn_drop_rate", "drop_path_rate", "cond_drop_rate",  # VAR, MAR
+                 "label_drop_prob", "r_weight")  # FractalGen
 
 
 def layout(key: str, value):
-    """A config.json entry without the rates that act only in training (dropout, class dropout): fine-tunes
-    that changed them still average."""
+    """A config.json entry without what acts only in training (dropout, class dropout, a loss weight):
+    fine-tunes that changed it still average."""
     if key != "model":
         return value
     return {k: v for k, v in value.items() if k not in TRAINING_ONLY}

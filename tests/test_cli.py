@@ -35,7 +35,7 @@ def test_resave_rejects_malformed_settings(tmp_path, capsys):
 def test_average_means_the_generators_and_refuses_another_model(tmp_path, capsys):
     """`average`: the generator's float tensors are the mean of the sources' (VAR's float32 head exactly, in an
     fp16 file too), integer buffers, tokenizer, defaults and card come from the first source, and checkpoints
-    of another tokenizer or architecture are refused before anything is written."""
+    of another tokenizer or architecture are refused before anything is written; dropout may differ."""
     a, b = tiny_var(), tiny_var()
     with torch.no_grad():
         for p in b.model.parameters():
