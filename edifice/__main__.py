@@ -18,8 +18,8 @@ the model card's text after its header is kept. ``average`` writes the mean of t
 fine-tunes of one model, a uniform "model soup" (Wortsman et al. 2022): fine-tunes that start from the same
 weights stay in one basin of the loss, so their mean is a model too, often better than each. They must share
 architecture, classes and tokenizer (every tokenizer tensor equal, so their tokens mean the same); the first
-gives the recommended sampling, the model card and the training-only rates (dropout, class dropout), which
-may differ. Errors print one line and exit with status 1.
+gives the recommended sampling, the model card and the settings that act only in training (dropout, class
+dropout, FractalGen's loss weight), which may differ. Errors print one line and exit with status 1.
 """
 
 from __future__ import annotations
