@@ -83,16 +83,17 @@ def package_of(style: str, version: str = EMOJI_VERSION) -> tuple[str, str]:
     return (FLUENT_PACKAGE, FLUENT_VERSION) if style == "fluent" else (f"emoji-datasource-{style}", version)
 
 
-def fetch_npm_tarball(package: str, version: str = EMOJI_VERSION, style: str | None = None) -> Path:
-    """``npm pack package@version`` into the cache (once) and return the tarball's path."""
+def fetch_npm_tarball(style: str, version: str = EMOJI_VERSION) -> Path:
+    """``npm pack`` the package of one art style (:func:`package_of`) into the cache (once) and return the
+    tarball's path."""
+    package, version = package_of(style, version)
     dest = cache_dir()
     path = dest / f"{package.lstrip('@').replace('/', '-')}-{version}.tgz"  # npm pack's own file name
     if path.is_file():
         return path
     if shutil.which("npm") is None:
         raise SystemExit(f"npm is not installed: download {package}@{version} yourself "
-                         f"(npm pack {package}@{version}) and pass the .tgz with "
-                         f"--tarball-{style or package.rsplit('-', 1)[1]}")
+                         f"(npm pack {package}@{version}) and pass the .tgz with --tarball-{style}")
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(["npm", "pack", f"{package}@{version}", "--pack-destination", str(dest), "--silent"],
                    check=True, stdout=subprocess.DEVNULL)
@@ -134,6 +135,17 @@ def render_svg(svg: bytes, size: int) -> bytes:
     import resvg_py  # only the fluent style needs it
 
     return bytes(resvg_py.svg_to_bytes(svg_string=svg.decode(), width=size, height=size))
+
+
+def style_problem(styles) -> str | None:
+    """Why these art styles cannot be built together, or None: unknown ones, or fluent without an
+    emoji-datasource style to label it."""
+    unknown = sorted(set(styles) - set(ALL_STYLES))
+    if unknown:
+        return f"unknown emoji styles {unknown}; choose from {', '.join(ALL_STYLES)}"
+    if "fluent" in styles and not set(styles) & set(EMOJI_STYLES):
+        return "the fluent style takes its labels from an emoji-datasource package: add twitter or google"
+    return None
 
 
 def slug(category: str) -> str:
@@ -184,14 +196,11 @@ def build_emoji(out: Path, tarballs: dict[str, Path], heldout_fraction: float = 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
 
-    unknown = set(tarballs) - set(ALL_STYLES)
-    if unknown:
-        raise SystemExit(f"unknown emoji styles {sorted(unknown)}; choose from {', '.join(ALL_STYLES)}")
+    problem = style_problem(tarballs)
+    if problem:
+        raise SystemExit(problem)
     packages = {style: read_package(Path(path), style) for style, path in tarballs.items() if style != "fluent"}
     if "fluent" in tarballs:
-        if not packages:
-            raise SystemExit("the fluent style takes its labels from an emoji-datasource package: "
-                             "add twitter or google")
         svgs = read_fluent(Path(tarballs["fluent"]))
         packages["fluent"] = (next(iter(packages.values()))[0],
                               {k[:-4] + ".png": v for k, v in svgs.items()})
@@ -293,11 +302,11 @@ class ImageFolder(torch.utils.data.Dataset):
 
 def parse_styles(text: str) -> tuple[str, ...]:
     styles = tuple(s.strip() for s in text.split(",") if s.strip())
-    bad = [s for s in styles if s not in ALL_STYLES]
-    if bad or not styles or len(set(styles)) != len(styles):
+    if not styles or len(set(styles)) != len(styles):
         raise argparse.ArgumentTypeError(f"{text!r}: give distinct styles from {','.join(ALL_STYLES)}")
-    if not set(styles) & set(EMOJI_STYLES):
-        raise argparse.ArgumentTypeError(f"{text!r}: the labels come from twitter or google; include one")
+    problem = style_problem(styles)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
     return styles
 
 
@@ -316,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--heldout", type=float, default=0.1, help="share of emoji held out (default: %(default)s)")
     e.add_argument("--skin-tones", action="store_true", help="also include the skin-tone variants")
     args = p.parse_args(argv)
-    tarballs = {s: getattr(args, f"tarball_{s}") or fetch_npm_tarball(*package_of(s, args.version), style=s)
+    tarballs = {s: getattr(args, f"tarball_{s}") or fetch_npm_tarball(s, args.version)
                 for s in args.styles}
     m = build_emoji(args.out, tarballs, heldout_fraction=args.heldout, skin_tones=args.skin_tones)
     for split in ("train", "heldout"):
