@@ -311,7 +311,8 @@ class Run:
         buf = io.BytesIO()
         pipe.token_view(step).save(buf, format="PNG", compress_level=1)
         stats = pipe.token_stats(step) if self.nbytes() < RUN_BYTES else None  # past the bound: pictures only
-        frame = Frame(pipe.status(step), step.seconds, len(self.images) - 1, buf.getvalue(), stats)
+        status = " · ".join(filter(None, (pipe.status(step), pipe.subclass_note(step))))
+        frame = Frame(status, step.seconds, len(self.images) - 1, buf.getvalue(), stats)
         self.frames.append(frame)
         self.bytes += frame.nbytes()
         return frame

@@ -26,7 +26,8 @@
 - A contact sheet (one row per class) is saved beside each model card (``samples.png``).
 
 Prints a table, writes ``benchmarks/results/quality.json`` (or ``--json``) and, with ``--write-cards``, a
-"Quality" section in ``checkpoints/<model>/README.md``.
+"Quality" section in ``checkpoints/<model>/README.md``. A run of some models (``--models emoji-mar``) keeps the
+other models' entries of an existing JSON when its classifier scored the same (same data, seed and threads).
 """
 
 from __future__ import annotations
@@ -334,6 +335,11 @@ def write_card(folder: Path, section: str) -> None:
     card.write_text(text.rstrip() + "\n")
 
 
+def same_classifier(a: dict, b: dict) -> bool:
+    """Whether two runs' reference classifiers scored alike (all but the training time)."""
+    return {k: v for k, v in a.items() if k != "train_seconds"} == {k: v for k, v in b.items() if k != "train_seconds"}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT / "data" / "emoji"), help="dataset built by python -m edifice.data")
@@ -432,6 +438,9 @@ def main(argv=None) -> dict:
             contact_sheet(imgs, labels, len(names), 8, folder / "samples.png")
             write_card(folder, card_section(spec, rep, names))
     args.json.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    if same_classifier(old.get("classifier") or {}, classifier) and old.get("n_per_class") == args.n_per_class:
+        report["models"] = {**old["models"], **report["models"]}  # the models not rerun keep their entries
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     return report
 

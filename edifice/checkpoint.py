@@ -4,7 +4,8 @@
 
     config.json        {"format": "edifice", "format_version": 1, "kind": "var", "image_size": 256,
                         "tokenizer": {tokenizer config fields}, "model": {model config fields},
-                        "classes": "imagenet" | ["name", ...] | null, "defaults": {sampling settings}}
+                        "classes": "imagenet" | ["name", ...] | null, "defaults": {sampling settings},
+                        "subclasses": {"names": [...], "classes": [...], "weights": [...]}  (only when present)}
     model.safetensors  tensors "tokenizer.<name>" and "model.<name>" (state dicts, any float dtype),
                        metadata {"format": "pt"} (accelerate refuses safetensors files without it)
     README.md          model card: library_name edifice, license, tags
@@ -12,7 +13,8 @@
 ``classes`` is the name of a class list shipped in ``assets/`` when the pipeline's names equal one (ImageNet's
 1000), else the list itself. ``defaults`` are the sampling settings the checkpoint's author recommends;
 ``pipeline.generate()`` uses them unless told otherwise (``labels`` and ``seed`` among them name the showcase
-the app opens on).
+the app opens on). ``subclasses``, when a model was trained on finer labels than its classes, lists them (see
+:class:`edifice.pipeline.Subclasses`); the model then has one class label per subclass.
 
 Model families are looked up in :data:`FAMILIES` by ``kind``; a new family is one entry there. A config.json
 is not trusted: its values are checked against the config dataclass's field types and sane bounds
@@ -55,7 +57,7 @@ from .generative.mar_diffusion import DiffusionMAR, DiffusionMARConfig, Diffusio
 from .generative.maskgit import MaskGIT, MaskGITConfig, MaskGITPipeline
 from .generative.var import VAR, VARConfig, VARPipeline
 from .official import build, load_safetensors
-from .pipeline import Pipeline
+from .pipeline import Pipeline, Subclasses
 from .tokenizers.klvae import KLVAE, KLVAEConfig
 from .tokenizers.llamagen_vq import LlamaGenVQ, LlamaGenVQConfig
 from .tokenizers.vqvae import VQVAE, VQVAEConfig
@@ -96,11 +98,14 @@ def config_of(pipeline: Pipeline) -> dict:
         raise CheckpointError(f"cannot save a {type(pipeline).__name__}: kind {pipeline.kind!r} is not one of "
                               f"{', '.join(FAMILIES)}")
     names = pipeline.class_names
-    return {"format": "edifice", "format_version": FORMAT_VERSION, "kind": pipeline.kind,
-            "image_size": pipeline.tokenizer.cfg.image_size,
-            "tokenizer": pipeline.tokenizer.cfg.to_dict(), "model": pipeline.model.cfg.to_dict(),
-            "classes": None if names is None else presets.class_list_name(names) or list(names),
-            "defaults": pipeline.defaults}
+    config = {"format": "edifice", "format_version": FORMAT_VERSION, "kind": pipeline.kind,
+              "image_size": pipeline.tokenizer.cfg.image_size,
+              "tokenizer": pipeline.tokenizer.cfg.to_dict(), "model": pipeline.model.cfg.to_dict(),
+              "classes": None if names is None else presets.class_list_name(names) or list(names),
+              "defaults": pipeline.defaults}
+    if pipeline.subclasses is not None:
+        config["subclasses"] = pipeline.subclasses.to_dict()
+    return config
 
 
 def model_card(pipeline: Pipeline, *, repo_id: str | None = None, license: str = "mit",
@@ -111,9 +116,11 @@ def model_card(pipeline: Pipeline, *, repo_id: str | None = None, license: str =
     data = ModelCardData(library_name="edifice", license=license, base_model=base_model, tags=tags)
     params = sum(p.numel() for m in (pipeline.tokenizer, pipeline.model) for p in m.parameters())
     classes = len(pipeline.class_names) if pipeline.class_names else pipeline.num_classes
+    sub = pipeline.subclasses
+    classes = f"{classes} classes" + (f" drawn as {len(sub.names)} subclasses" if sub else "")
     spec = repo_id or "path/to/this/folder"
     return (f"---\n{data.to_yaml()}\n---\n\n# {kind.upper()} checkpoint for edifice\n\n"
-            f"A {kind.upper()} image generator ({params / 1e6:.1f}M parameters, {classes} classes, "
+            f"A {kind.upper()} image generator ({params / 1e6:.1f}M parameters, {classes}, "
             f"{pipeline.tokenizer.cfg.image_size} px) in the edifice checkpoint format: `config.json` "
             f"(architecture, classes, recommended sampling) and `model.safetensors` (tokenizer and generator).\n\n"
             f"```python\nimport edifice\n\npipe = edifice.load(\"{spec}\")\nimages = pipe.generate(seed=0)  "
@@ -237,6 +244,7 @@ def load_pretrained(folder: str | Path, kind: str | None = None) -> Pipeline:
     if defaults is not None and not isinstance(defaults, dict):
         raise CheckpointError(f"{where}: \"defaults\" must be an object of sampling settings or null; the file was "
                               "edited or written by another edifice version")
+    subclasses = _subclasses(config.get("subclasses"), names, config.get("model"), where)
     path = folder / WEIGHTS_NAME
     if not path.is_file():
         raise CheckpointNotFoundError(f"{folder}: has {CONFIG_NAME} but no {WEIGHTS_NAME}; copy or download "
@@ -251,9 +259,12 @@ def load_pretrained(folder: str | Path, kind: str | None = None) -> Pipeline:
         modules[role].load_state_dict(tensors, strict=True, assign=True)
     tokenizer, model = modules["tokenizer"].eval(), modules["model"].eval()
     try:
-        return family.pipeline(tokenizer, model, names, defaults)
+        pipe = family.pipeline(tokenizer, model, names, defaults)
     except ValueError as e:
         raise CheckpointError(f"{folder}: the tokenizer and model do not fit together ({e})") from None
+    if subclasses is not None:
+        pipe.subclasses = subclasses
+    return pipe
 
 
 def _header_shapes(path: Path) -> dict[str, tuple]:
@@ -292,6 +303,26 @@ def _class_names(classes, where: Path) -> list[str] | None:
         return classes
     raise CheckpointError(f"{where}: \"classes\" must be null, a shipped list's name or a list of names, not "
                           f"{_shown(classes)}; the file was edited or written by another edifice version")
+
+
+def _subclasses(value, names: list[str] | None, model: dict | None, where: Path) -> Subclasses | None:
+    """A config's ``subclasses``: absent, or names, classes and weights that fit the classes and the model's
+    ``num_classes`` (checked before anything is built)."""
+    if value is None:
+        return None
+    fix = "the file was edited or written by another edifice version"
+    if not isinstance(value, dict) or set(value) != {"names", "classes", "weights"} or not all(
+            isinstance(v, list) and len(v) <= 100_000 for v in value.values()):
+        raise CheckpointError(f"{where}: \"subclasses\" must be an object of three lists, names, classes and "
+                              f"weights; {fix}")
+    if not all(isinstance(n, str) for n in value["names"]) or any(isinstance(c, bool) for c in value["classes"]):
+        raise CheckpointError(f"{where}: \"subclasses\" names must be strings and classes integers; {fix}")
+    sub = Subclasses(tuple(value["names"]), tuple(value["classes"]), tuple(value["weights"]))
+    model_classes = model.get("num_classes") if isinstance(model, dict) else None
+    problem = sub.problem(names, model_classes if isinstance(model_classes, int) else -1)
+    if problem:
+        raise CheckpointError(f"{where}: \"subclasses\": {problem}; {fix}")
+    return sub
 
 
 def config_from_dict(config_cls: type, values, where: str):

@@ -13,6 +13,12 @@ variants, when included) always land together and held-out images are emoji the 
 Skin-tone variants are left out by default: they are recolourings of one shape and would make "People & Body"
 60% of the data (``--skin-tones`` adds them).
 
+``--subgroups`` files the same images by the package's ``subcategory`` instead (98 Unicode subgroups such as
+``animal-bird`` or ``phone``), in folders ``<category>.<subgroup>``; the manifest gives each its category as
+``group``. Models trained on it still take the 9 categories and draw a subgroup per image (see
+:class:`edifice.pipeline.Subclasses`): a category as wide as Objects (phones to shirts) was drawn as a
+class-average blob by the small bundled models.
+
 ``--styles twitter,google,fluent`` adds a third art style, Microsoft's Fluent Emoji (flat, MIT) from the npm
 package ``@lobehub/fluent-emoji-flat``: SVGs named by unified code, labelled by emoji-datasource's ``category``
 and rendered to PNG with resvg. The split rule is the same, so the held-out emoji of a build with it are the
@@ -38,6 +44,8 @@ import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
+
+from .pipeline import Subclasses
 
 EMOJI_VERSION = "16.0.0"
 EMOJI_STYLES = ("twitter", "google")  # the default build; the emoji-datasource packages, which also give the labels
@@ -169,8 +177,8 @@ def on_white(png: bytes, size: int) -> Image.Image:
 
 
 def emoji_images(entries: list[dict], style: str, skin_tones: bool):
-    """(emoji key, category, image file) of every image of one style; skin-tone variants share their base's key.
-    Fluent files are named by the unified code in lower case, not by emoji.json's ``image``."""
+    """(emoji key, category, subgroup, image file) of every image of one style; skin-tone variants share their
+    base's key. Fluent files are named by the unified code in lower case, not by emoji.json's ``image``."""
     def name(e: dict) -> str:
         return e["unified"].lower() + ".png" if style == "fluent" else e["image"]
 
@@ -178,18 +186,19 @@ def emoji_images(entries: list[dict], style: str, skin_tones: bool):
         if e["category"] in DROPPED_CATEGORIES:
             continue
         if e.get(f"has_img_{style}", True):
-            yield e["unified"], e["category"], name(e)
+            yield e["unified"], e["category"], e["subcategory"], name(e)
         if skin_tones:
             for v in e.get("skin_variations", {}).values():
                 if v.get(f"has_img_{style}", True):
-                    yield e["unified"], e["category"], name(v)
+                    yield e["unified"], e["category"], e["subcategory"], name(v)
 
 
 def build_emoji(out: Path, tarballs: dict[str, Path], heldout_fraction: float = 0.1, skin_tones: bool = False,
-                size: int = 64) -> dict:
+                size: int = 64, subgroups: bool = False) -> dict:
     """Write the emoji ImageFolder tree and manifest under ``out`` (see the module docstring); returns the
-    manifest. The tree is built in ``out.partial`` and swapped in at the end, so ``out`` is never half-written;
-    an existing ``out`` is replaced only if it is a previous build (has a manifest.json)."""
+    manifest. ``subgroups``: one folder per subgroup instead of per category (see the module docstring). The
+    tree is built in ``out.partial`` and swapped in at the end, so ``out`` is never half-written; an existing
+    ``out`` is replaced only if it is a previous build (has a manifest.json)."""
     out = Path(out)
     if out.exists() and not (out / "manifest.json").is_file():
         raise SystemExit(f"{out} exists and is not an emoji dataset (no manifest.json); choose another --out")
@@ -204,12 +213,13 @@ def build_emoji(out: Path, tarballs: dict[str, Path], heldout_fraction: float = 
         svgs = read_fluent(Path(tarballs["fluent"]))
         packages["fluent"] = (next(iter(packages.values()))[0],
                               {k[:-4] + ".png": v for k, v in svgs.items()})
-    jobs = [(style, key, cat, name) for style, (entries, _) in packages.items()
-            for key, cat, name in emoji_images(entries, style, skin_tones)]
+    jobs = [(style, key, cat, f"{slug(cat)}.{slug(group)}" if subgroups else slug(cat), group, name)
+            for style, (entries, _) in packages.items()
+            for key, cat, group, name in emoji_images(entries, style, skin_tones)]
     counts = {split: Counter() for split in ("train", "heldout")}
     emoji_by_split = {split: set() for split in counts}
     missing = Counter()
-    for style, key, cat, name in tqdm(jobs, desc="emoji", unit="img"):
+    for style, key, _, label, _, name in tqdm(jobs, desc="emoji", unit="img"):
         png = packages[style][1].get(name)
         if png is None:
             missing[style] += 1
@@ -217,19 +227,22 @@ def build_emoji(out: Path, tarballs: dict[str, Path], heldout_fraction: float = 
         if style == "fluent":
             png = render_svg(png, size)
         split = "heldout" if is_heldout(key, heldout_fraction) else "train"
-        folder = tmp / split / slug(cat)
+        folder = tmp / split / label
         folder.mkdir(parents=True, exist_ok=True)
         on_white(png, size).save(folder / f"{style}_{name}", optimize=True)
-        counts[split][(slug(cat), style)] += 1
+        counts[split][(label, style)] += 1
         emoji_by_split[split].add(key)
 
-    folders = {slug(cat): cat for _, _, cat, _ in jobs}
-    classes = [{"index": i, "folder": f, "name": folders[f]} for i, f in enumerate(sorted(folders))]
+    folders = {label: (cat, group) for _, _, cat, label, group, _ in jobs}
+    classes = [{"index": i, "folder": f, "name": folders[f][0]} for i, f in enumerate(sorted(folders))]
+    if subgroups:
+        classes = [{**c, "name": folders[c["folder"]][1], "group": folders[c["folder"]][0]} for c in classes]
     manifest = {
         "dataset": "emoji",
         "image_size": size,
         "background": "white",
-        "label": "emoji-datasource `category`; dropped: " + ", ".join(DROPPED_CATEGORIES),
+        "label": ("emoji-datasource `subcategory` (group: its `category`)" if subgroups else
+                  "emoji-datasource `category`") + "; dropped: " + ", ".join(DROPPED_CATEGORIES),
         "split": f"by emoji: sha256(unified code) < {heldout_fraction} of the hash range -> heldout",
         "heldout_fraction": heldout_fraction,
         "skin_tones": skin_tones,
@@ -274,7 +287,11 @@ def load_image(path: Path, size: int) -> np.ndarray:
 class ImageFolder(torch.utils.data.Dataset):
     """``root/<class>/<image>`` -> (image ``[3, size, size]`` float in [-1, 1], class index). Classes are the
     sub-folder names in sorted order. A ``manifest.json`` in ``root`` or its parent (as written by
-    :func:`build_emoji`) is read into ``manifest``: it gives the classes' display names and the attributions."""
+    :func:`build_emoji`) is read into ``manifest``: it gives the classes' display names and the attributions.
+
+    When the manifest gives every folder a ``group`` (a ``--subgroups`` build), the folders are subclasses: the
+    index is still the folder's, ``subclasses`` (:class:`edifice.pipeline.Subclasses`, weighted by their images)
+    puts them under the groups, and ``class_names`` are the groups'. Otherwise ``subclasses`` is None."""
 
     def __init__(self, root: Path, size: int):
         self.root, self.size = Path(root), size
@@ -288,8 +305,16 @@ class ImageFolder(torch.utils.data.Dataset):
         path = next((p for p in (self.root / "manifest.json", self.root.parent / "manifest.json") if p.is_file()),
                     None)
         self.manifest = json.loads(path.read_text()) if path else {}
-        names = {c["folder"]: c["name"] for c in self.manifest.get("classes", [])}
-        self.class_names = [names.get(f, f) for f in self.folders]
+        entries = {c["folder"]: c for c in self.manifest.get("classes", [])}
+        self.class_names = [entries[f]["name"] if f in entries else f for f in self.folders]
+        self.subclasses = None
+        if self.folders and all("group" in entries.get(f, {}) for f in self.folders):
+            groups = list(dict.fromkeys(entries[f]["group"] for f in self.folders))
+            images = Counter(label for _, label in self.samples)
+            self.subclasses = Subclasses(tuple(self.class_names), tuple(groups.index(entries[f]["group"])
+                                                                        for f in self.folders),
+                                         tuple(float(images[i]) for i in range(len(self.folders))))
+            self.class_names = groups
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -324,14 +349,20 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--version", default=EMOJI_VERSION, help="npm package version (default: %(default)s)")
     e.add_argument("--heldout", type=float, default=0.1, help="share of emoji held out (default: %(default)s)")
     e.add_argument("--skin-tones", action="store_true", help="also include the skin-tone variants")
+    e.add_argument("--subgroups", action="store_true",
+                   help="one folder per Unicode subgroup (<category>.<subgroup>), for models trained on subgroups")
     args = p.parse_args(argv)
     tarballs = {s: getattr(args, f"tarball_{s}") or fetch_npm_tarball(s, args.version)
                 for s in args.styles}
-    m = build_emoji(args.out, tarballs, heldout_fraction=args.heldout, skin_tones=args.skin_tones)
+    m = build_emoji(args.out, tarballs, heldout_fraction=args.heldout, skin_tones=args.skin_tones,
+                    subgroups=args.subgroups)
     for split in ("train", "heldout"):
         c = m["counts"][split]
-        print(f"{split}: {c['images']} images of {c['emoji']} emoji  " + "  ".join(
-            f"{k}={sum(v.values())}" for k, v in c["by_class"].items()))
+        per_category = Counter()  # a --subgroups build's folders are <category>.<subgroup>
+        for folder, by_style in c["by_class"].items():
+            per_category[folder.split(".")[0]] += sum(by_style.values())
+        print(f"{split}: {c['images']} images of {c['emoji']} emoji in {len(c['by_class'])} classes  " + "  ".join(
+            f"{k}={n}" for k, n in per_category.items()))
     print(f"wrote {args.out}/ (manifest.json has the counts and the licence attributions)")
 
 

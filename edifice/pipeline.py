@@ -14,15 +14,16 @@ A family also describes itself, so that a UI can be built without naming it (``a
 - :meth:`Pipeline.controls`: its sampling settings as :class:`Control` s (``stream()`` keyword, type, range,
   default = the checkpoint's recommended value, one line of help); :meth:`Control.check` converts and checks
   a visitor's value before any work starts;
-- :meth:`Pipeline.status`: one status line per step record; :meth:`Pipeline.token_view`: the record's token
+- :meth:`Pipeline.status`: one status line per step record (:meth:`Pipeline.subclass_note` adds the subclasses a
+  model with :class:`Subclasses` drew); :meth:`Pipeline.token_view`: the record's token
   map as a picture; :meth:`Pipeline.token_stats`: what the model believed at every position (top candidates,
   probability of the drawn token, entropy) as a compact :class:`TokenStats`, from which
   :func:`edifice.render.uncertainty_view` and :meth:`TokenStats.inspect` draw the uncertainty map and one
   position's candidates;
 - :meth:`Pipeline.estimate_seconds`: the wall time a request will take here, when the family can say.
 
-Shared sampling pieces live here once: :func:`new_seed`, :func:`resolve_labels`, :func:`cfg_mix`,
-:func:`sample_top_k_top_p_`.
+Shared sampling pieces live here once: :func:`new_seed`, :func:`resolve_labels`, :class:`Subclasses` (a model
+trained on finer labels than the classes a request names), :func:`cfg_mix`, :func:`sample_top_k_top_p_`.
 """
 
 from __future__ import annotations
@@ -109,6 +110,52 @@ def resolve_labels(labels, batch_size: int, num_classes: int, rng: torch.Generat
         raise ValueError(f"unknown class {bad[0]}: this model has classes 0..{num_classes - 1} "
                          f"({num_classes} = unconditional)")
     return label_B
+
+
+@dataclass(frozen=True)
+class Subclasses:
+    """Finer labels a model was trained on beneath the classes a visitor picks: the bundled emoji models learn
+    the 98 Unicode subgroups ("animal-bird", "phone", ...) of the 9 categories. A small model asked for a class
+    as wide as "Objects" (phones to shirts) draws a class-average blob; asked for a subgroup it draws one thing.
+
+    The pipeline still takes classes: for class c it draws one of c's subclasses per image, with probability
+    proportional to its weight (its training images), from the seed, and runs the model on that subclass, so
+    p(image | c) = sum over s of p(s | c) p(image | s). The step records' ``labels`` are the model's labels,
+    the drawn subclasses (``len(names)`` = unconditional)."""
+
+    names: tuple[str, ...]  # model label i is subclass names[i]
+    classes: tuple[int, ...]  # the class each subclass belongs to
+    weights: tuple[float, ...]  # > 0, relative within a class
+
+    def problem(self, class_names: list[str] | None, model_classes: int) -> str | None:
+        """Why these subclasses cannot sit under ``class_names`` on a model with ``model_classes`` labels."""
+        n = len(self.names)
+        if not class_names:
+            return "subclasses need the class names they belong to"
+        if len(self.classes) != n or len(self.weights) != n:
+            return f"{n} subclass names but {len(self.classes)} classes and {len(self.weights)} weights"
+        if n != model_classes:
+            return f"{n} subclasses but the model has {model_classes} class labels"
+        if any(not isinstance(c, int) or not 0 <= c < len(class_names) for c in self.classes):
+            return f"a subclass belongs to a class outside 0..{len(class_names) - 1}"
+        if any(not isinstance(w, (int, float)) or not 0 < w < math.inf for w in self.weights):
+            return "subclass weights must be positive numbers"
+        if set(self.classes) != set(range(len(class_names))):
+            return "every class needs at least one subclass"
+        return None
+
+    def draw(self, class_B: torch.Tensor, num_classes: int, rng: torch.Generator) -> torch.Tensor:
+        """Model labels ``[B]`` for class labels ``[B]`` (on the CPU): one subclass of each image's class drawn
+        from ``rng``; the unconditional class ``num_classes`` maps to the model's null label ``len(names)``."""
+        weight_S = torch.tensor(self.weights, dtype=torch.float64)
+        class_S = torch.tensor(self.classes)
+        out = [len(self.names) if c == num_classes else
+               int(torch.multinomial(torch.where(class_S == c, weight_S, 0.0), 1, generator=rng))
+               for c in class_B.tolist()]
+        return torch.tensor(out, dtype=torch.long)
+
+    def to_dict(self) -> dict:
+        return {"names": list(self.names), "classes": list(self.classes), "weights": list(self.weights)}
 
 
 def cfg_mix(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
@@ -333,6 +380,7 @@ class Pipeline:
         self.tokenizer, self.model = tokenizer.eval(), model.eval()
         self.class_names = list(class_names) if class_names is not None else None
         self.defaults = dict(defaults or {})
+        self.subclasses: Subclasses | None = None  # finer model labels beneath the classes (see Subclasses)
 
     @property
     def device(self) -> torch.device:
@@ -344,7 +392,8 @@ class Pipeline:
 
     @property
     def num_classes(self) -> int:
-        return self.model.num_classes
+        """The classes a request names (with subclasses, the model has more labels: see :class:`Subclasses`)."""
+        return len(self.class_names) if self.subclasses is not None else self.model.num_classes
 
     @property
     def image_size(self) -> int:
@@ -375,6 +424,14 @@ class Pipeline:
         """One line for a step record: ``"step 3/16 · 42 ms"`` plus what the family adds."""
         return f"{self.step_name} {step.step + 1}/{step.num_steps} · {step.seconds * 1e3:.0f} ms"
 
+    def subclass_note(self, step) -> str:
+        """With :class:`Subclasses`, what the record's images were drawn as, in order ("drawn as tool, heart");
+        else ""."""
+        if self.subclasses is None:
+            return ""
+        names = self.subclasses.names
+        return "drawn as " + ", ".join(names[i] if i < len(names) else "unconditional" for i in step.labels.tolist())
+
     def token_view(self, step, target: int = 256):
         """The record's token map as a PIL image, the batch side by side (see :data:`legend`)."""
         raise NotImplementedError
@@ -391,7 +448,20 @@ class Pipeline:
         raise NotImplementedError
 
     def stream(self, **kwargs) -> Iterator:
-        return self._sample(**{**self.defaults, **kwargs})
+        kwargs = {**self.defaults, **kwargs}
+        if self.subclasses is not None:
+            kwargs = self.draw_subclasses(**kwargs)
+        return self._sample(**kwargs)
+
+    def draw_subclasses(self, labels=None, batch_size: int = 1, seed: int | None = None, **kwargs) -> dict:
+        """The sampler's arguments with the requested classes replaced by drawn subclasses (see
+        :class:`Subclasses`). Classes (``labels=None``: drawn uniformly) and subclasses come from a CPU generator
+        seeded with ``seed`` (drawn here when None, so the records report it), not from the sampler's own."""
+        seed = new_seed() if seed is None else int(seed)
+        rng = torch.Generator().manual_seed(seed)
+        class_B = resolve_labels(labels, batch_size, self.num_classes, rng, "cpu")
+        fine = self.subclasses.draw(class_B, self.num_classes, rng)
+        return {**kwargs, "labels": fine.tolist(), "batch_size": len(fine), "seed": seed}
 
     @torch.inference_mode()
     def generate(self, **kwargs) -> torch.Tensor:

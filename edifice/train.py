@@ -120,16 +120,18 @@ def init_weights(path: Path, part: str) -> nn.Module:
     """The ``--init`` weights of a new run, in float32 and trainable: ``part`` "tokenizer" (see
     :func:`load_tokenizer`) or "model", the generator of an edifice checkpoint. Fine-tuning a bundled model
     starts here instead of from random weights."""
-    if part == "tokenizer":
-        module = load_tokenizer(path)
-    else:
-        from .loading import load
-
-        try:
-            module = getattr(load(path, device="cpu", dtype=torch.float32), part)
-        except Exception as e:  # noqa: BLE001 -- any unreadable folder ends the command with its reason
-            raise SystemExit(f"--init {path}: {e}") from None
+    module = load_tokenizer(path) if part == "tokenizer" else getattr(init_pipeline(path), part)
     return module.float().train().requires_grad_(True)
+
+
+def init_pipeline(path: Path):
+    """The edifice checkpoint an ``--init`` names, in float32 on the CPU."""
+    from .loading import load
+
+    try:
+        return load(path, device="cpu", dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001 -- any unreadable folder ends the command with its reason
+        raise SystemExit(f"--init {path}: {e}") from None
 
 
 GENERATOR_SHAPES = {"var": (8, 256, 8, 0.0), "mar": (6, 256, 8, 0.1)}  # new models: depth, width, heads, dropout
@@ -473,8 +475,30 @@ class TransformerTask(Task):
         return self.prepare(self.vae.encode(augment(img, self.args.flip, self.args.shift, g)).float(), y)
 
     def export(self, model, folder, card):
-        return save_pipeline(self.pipeline(copy.deepcopy(self.vae).cpu(), model, self.dataset.class_names, {}),
-                             folder, card)
+        pipe = self.pipeline(copy.deepcopy(self.vae).cpu(), model, self.dataset.class_names, {})
+        pipe.subclasses = self.dataset.subclasses
+        return save_pipeline(pipe, folder, card)
+
+    def init_model(self, field: str) -> nn.Module:
+        """The ``--init`` generator with ``--dropout`` applied; on a ``--subgroups`` tree, a model trained on its
+        categories gets one class label per subgroup, each starting as its category's embedding (the null label
+        as the null one), every other weight kept."""
+        init = init_pipeline(self.args.init)
+        model = redrop(init.model.float().train().requires_grad_(True), self.args.dropout, field)
+        sub = self.dataset.subclasses
+        if init.subclasses is not None and (sub is None or init.subclasses.names != sub.names):
+            raise SystemExit(f"--init {self.args.init}: trained on other subgroups than the folders of "
+                             f"{self.args.data}")
+        if sub is None or init.subclasses is not None or model.cfg.num_classes != len(self.dataset.class_names):
+            return model
+        if init.class_names != self.dataset.class_names:
+            raise SystemExit(f"--init {self.args.init}: its classes are not the categories of {self.args.data}")
+        state = model.state_dict()
+        emb = state["class_emb.weight"]
+        state["class_emb.weight"] = torch.cat((emb[list(sub.classes)], emb[-1:]))
+        wide = type(model)(dataclasses.replace(model.cfg, num_classes=len(sub.names)))
+        wide.load_state_dict(state)
+        return wide.train()
 
 
 def check_init(model_vocab: int, codebook: int, model_classes: int, classes: int) -> None:
@@ -493,7 +517,7 @@ class VARTask(TransformerTask):
         if saved:
             self.model = var_mod.VAR(var_mod.VARConfig(**saved["model"]))
         elif args.init:
-            self.model = redrop(init_weights(args.init, "model"), args.dropout, "drop_rate")
+            self.model = self.init_model("drop_rate")
         else:
             self.model = var_mod.build(hidden_size=args.width, num_layers=args.depth, num_heads=args.heads,
                                        mlp_ratio=args.mlp_ratio, scales=cfg.patch_nums,
@@ -544,7 +568,7 @@ class MARTask(TransformerTask):
         if saved:
             self.model = mar_mod.MAR(mar_mod.MARConfig(**saved["model"]))
         elif args.init:
-            self.model = redrop(init_weights(args.init, "model"), args.dropout, "dropout")
+            self.model = self.init_model("dropout")
         else:
             self.model = mar_mod.MAR(mar_mod.MARConfig(
                 vocab_size=cfg.vocab_size + 1, embed_dim=args.width, num_layers=args.depth, num_heads=args.heads,
@@ -678,9 +702,11 @@ def training_card(args, state: TrainState, last: dict, accelerator: Accelerator,
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("step", "epoch", "images", "seconds"))
     credits = "".join(f"- training images: {a['art']}, {a['copyright']}, {a['license']} ({a['license_url']}), "
                       f"{a['source']}\n" for a in data.manifest.get("attribution", {}).values())
+    sub = data.subclasses
+    subgroups = f"; the model's labels are their {len(sub.names)} subgroups, one drawn per image" if sub else ""
     return (f"## Training\n\n- stage: `{args.stage}`, command: `{args.command}`\n"
             f"- data: `{args.data}`, {len(data)} images, {len(data.class_names)} classes: "
-            f"{', '.join(data.class_names)}\n{credits}"
+            f"{', '.join(data.class_names)}{subgroups}\n{credits}"
             f"- hardware: {hardware(accelerator)}\n"
             f"- {state.step} optimizer steps (`--steps {args.steps}`), {state.images} images seen, wall time "
             f"{state.seconds / 60:.1f} min; weights: {f'EMA (decay {args.ema})' if args.ema else 'raw (no EMA)'}\n"
@@ -729,7 +755,8 @@ def train(args) -> dict:
                               cpu=args.cpu, kwargs_handlers=kwargs)
     set_seed(args.seed)
     task = TASKS[args.stage](args, saved, accelerator.device)
-    classes = task.dataset.class_names
+    sub = getattr(task.dataset, "subclasses", None)
+    classes = task.dataset.class_names if sub is None else list(sub.names)  # the model's labels
     if saved and saved["classes"] != classes:
         raise SystemExit(f"{args.data} has classes {classes}, the run in {out} was trained on {saved['classes']}")
 

@@ -47,6 +47,12 @@ def test_emoji_mar(emoji_mar):
     steps = list(p.stream(labels=[6], num_steps=16, seed=0))
     assert len(steps) == 16 and not steps[-1].mask.any() and steps[-1].image.shape == (1, 3, 64, 64)
     assert steps[-1].image.std() > 0.1
+    sub = p.subclasses  # trained on the 98 Unicode subgroups; a request names a category
+    assert len(sub.names) == p.model.num_classes == 98 and p.num_classes == 9
+    assert {"heart", "tool", "animal-bird", "country-flag"} <= set(sub.names)
+    smileys = {i for i, c in enumerate(sub.classes) if c == 6}
+    drawn = list(p.stream(labels=6, batch_size=8, num_steps=2, seed=0, preview=False))[-1].labels.tolist()
+    assert set(drawn) <= smileys and len(set(drawn)) > 1
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> float:

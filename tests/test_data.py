@@ -21,6 +21,7 @@ EMOJI = [("1F600", "Smileys & Emotion"), ("1F602", "Smileys & Emotion"), ("1F436
          ("1F697", "Travel & Places"), ("26BD", "Activities"), ("1F44B", "People & Body"),
          ("1F3FB", "Component"), ("1F3FC", "Component")]
 SKIN = {"1F44B": ["1F44B-1F3FB", "1F44B-1F3FF"]}  # a waving hand with two skin-tone variants
+SUBGROUP = {"1F436": "animal-mammal", "1F431": "animal-cat & co", "1F34E": "food-fruit"}  # else "other"
 STYLE_RGB = {"twitter": (200, 30, 30), "google": (30, 30, 200)}
 
 
@@ -51,7 +52,8 @@ def write_tarball(path: Path, files: dict[str, bytes]) -> Path:
 def fake_package(path: Path, style: str) -> Path:
     entries = []
     for code, cat in EMOJI:
-        e = {"unified": code, "image": code.lower() + ".png", "category": cat, f"has_img_{style}": True}
+        e = {"unified": code, "image": code.lower() + ".png", "category": cat,
+             "subcategory": SUBGROUP.get(code, "other"), f"has_img_{style}": True}
         if code in SKIN:
             e["skin_variations"] = {v.split("-")[1]: {"unified": v, "image": v.lower() + ".png",
                                                       f"has_img_{style}": True} for v in SKIN[code]}
@@ -194,6 +196,31 @@ def test_fluent_style_renders_its_svgs_with_the_same_labels_and_split(tarballs, 
     data.main(["emoji", "--out", str(tmp_path / "z"), "--styles", "twitter,fluent", "--heldout", "0.4",
                "--tarball-twitter", str(tarballs["twitter"]), "--tarball-fluent", str(fluent)])
     assert set(json.loads((tmp_path / "z" / "manifest.json").read_text())["sources"]) == {"twitter", "fluent"}
+
+
+def test_subgroups_file_the_same_images_by_subgroup(built, tarballs, tmp_path):
+    out, manifest = built
+    m = data.build_emoji(tmp_path / "s", tarballs, heldout_fraction=0.4, subgroups=True)
+    sub = files(tmp_path / "s")
+    for split, paths in files(out).items():  # the same files; each in <category>.<subgroup>
+        assert sorted(p.name for p in sub[split]) == sorted(p.name for p in paths)
+        by_name = {p.name: p.parent.name for p in paths}
+        for p in sub[split]:
+            code = p.stem.split("_", 1)[1].upper()
+            assert p.parent.name == by_name[p.name] + "." + data.slug(SUBGROUP.get(code, "other"))
+    animals = [c for c in m["classes"] if c["group"] == "Animals & Nature"]
+    assert [(c["folder"], c["name"]) for c in animals] == [("animals-nature.animal-cat-co", "animal-cat & co"),
+                                                            ("animals-nature.animal-mammal", "animal-mammal")]
+    # read back: folders are subclasses of the categories, weighted by their images
+    ds = data.ImageFolder(tmp_path / "s" / "train", 32)
+    plain = data.ImageFolder(out / "train", 32)
+    assert ds.class_names == plain.class_names and len(ds) == len(plain)
+    sc = ds.subclasses
+    assert len(sc.names) == len(ds.folders) and sc.problem(ds.class_names, len(ds.folders)) is None
+    for i, f in enumerate(ds.folders):
+        assert ds.class_names[sc.classes[i]] == next(c["group"] for c in m["classes"] if c["folder"] == f)
+        assert sc.weights[i] == sum(label == i for _, label in ds.samples)
+    assert plain.subclasses is None
 
 
 def test_image_folder_reads_the_tree(built, tmp_path):

@@ -6,6 +6,8 @@ import argparse
 import csv
 import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -380,6 +382,42 @@ def test_init_fine_tunes_a_generator_from_its_checkpoint(images, tokenizer_run, 
     with pytest.raises(SystemExit, match="init"):
         train.run("var", data=images, out=tmp_path / "bad2", tokenizer=tokenizer_run["out"], steps=1,
                   init=tmp_path / "missing")
+
+
+def subgroup_tree(images: Path, root: Path) -> Path:
+    """``images`` filed by subgroup as ``python -m edifice.data emoji --subgroups`` does: class0 split in two."""
+    groups = {"class0.left": ("class0", range(4)), "class0.right": ("class0", range(4, 8)),
+              "class1.all": ("class1", range(8)), "class2.all": ("class2", range(8))}
+    for folder, (group, ids) in groups.items():
+        (root / folder).mkdir(parents=True)
+        for i in ids:
+            shutil.copy(images / group / f"{i}.png", root / folder / f"{i}.png")
+    classes = [{"index": i, "folder": f, "name": f.split(".")[1], "group": g} for i, (f, (g, _)) in
+               enumerate(groups.items())]
+    (root / "manifest.json").write_text(json.dumps({"classes": classes}))
+    return root
+
+
+def test_subgroup_tree_widens_an_init_generator_and_exports_its_subclasses(images, tokenizer_run, tmp_path):
+    """On a --subgroups tree an --init generator trained on the categories gets one label per subgroup, each
+    starting as its category's; the export takes categories and draws subgroups."""
+    opts = dict(tokenizer=tokenizer_run["out"], **TINY_TRANSFORMER, **FAST)
+    source = train.run("var", data=images, out=tmp_path / "src", steps=3, **opts)
+    tree = subgroup_tree(images, tmp_path / "sub")
+    tuned = train.run("var", data=tree, out=tmp_path / "tuned", steps=1, lr=0.0, init=source["export"], **opts)
+    before, after = (edifice.load(r["export"], device="cpu") for r in (source, tuned))
+    assert after.class_names == ["class0", "class1", "class2"] and after.num_classes == 3
+    assert after.subclasses.names == ("left", "right", "all", "all") and after.subclasses.classes == (0, 0, 1, 2)
+    assert after.subclasses.weights == (4.0, 4.0, 8.0, 8.0) and after.model.num_classes == 4
+    emb = before.model.class_emb.weight
+    assert torch.equal(after.model.class_emb.weight, emb[[0, 0, 1, 2, 3]])  # lr 0: as widened
+    steps = list(after.stream(labels=0, batch_size=6, seed=1, preview=False))
+    assert set(steps[-1].labels.tolist()) <= {0, 1}
+    assert "4 subgroups" in (tuned["export"] / "README.md").read_text()
+    again = train.run("var", data=tree, out=tmp_path / "again", steps=1, init=tuned["export"], **opts)
+    assert edifice.load(again["export"], device="cpu").subclasses == after.subclasses  # no second widening
+    with pytest.raises(SystemExit, match="other subgroups"):
+        train.run("var", data=images, out=tmp_path / "bad", steps=1, init=tuned["export"], **opts)
 
 
 def test_redrop_changes_the_dropout_rate_and_keeps_every_weight():
