@@ -315,8 +315,10 @@ def _subclasses(value, names: list[str] | None, model: dict | None, where: Path)
             isinstance(v, list) and len(v) <= 100_000 for v in value.values()):
         raise CheckpointError(f"{where}: \"subclasses\" must be an object of three lists, names, classes and "
                               f"weights; {fix}")
-    if not all(isinstance(n, str) for n in value["names"]) or any(isinstance(c, bool) for c in value["classes"]):
-        raise CheckpointError(f"{where}: \"subclasses\" names must be strings and classes integers; {fix}")
+    if not all(isinstance(n, str) and 0 < len(n) <= 200 for n in value["names"]) or any(
+            isinstance(c, bool) for c in value["classes"]):
+        raise CheckpointError(f"{where}: \"subclasses\" names must be strings of 1 to 200 characters and classes "
+                              f"integers; {fix}")
     sub = Subclasses(tuple(value["names"]), tuple(value["classes"]), tuple(value["weights"]))
     model_classes = model.get("num_classes") if isinstance(model, dict) else None
     problem = sub.problem(names, model_classes if isinstance(model_classes, int) else -1)

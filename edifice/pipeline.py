@@ -114,8 +114,8 @@ def resolve_labels(labels, batch_size: int, num_classes: int, rng: torch.Generat
 
 @dataclass(frozen=True)
 class Subclasses:
-    """Finer labels a model was trained on beneath the classes a visitor picks: the bundled emoji models learn
-    the 98 Unicode subgroups ("animal-bird", "phone", ...) of the 9 categories. A small model asked for a class
+    """Finer labels a model was trained on beneath the classes a visitor picks: the bundled ``emoji-mar`` learned
+    the 98 Unicode subgroups ("animal-bird", "phone", ...) of the 9 emoji categories. A small model asked for a class
     as wide as "Objects" (phones to shirts) draws a class-average blob; asked for a subgroup it draws one thing.
 
     The pipeline still takes classes: for class c it draws one of c's subclasses per image, with probability

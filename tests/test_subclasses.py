@@ -64,6 +64,7 @@ def test_subclasses_survive_the_checkpoint_and_are_checked(pipe, tmp_path):
            "class outside": {**SUB.to_dict(), "classes": [0, 0, 1, 2, 3]},
            "class without one": {**SUB.to_dict(), "classes": [0, 0, 0, 2, 2]},
            "zero weight": {**SUB.to_dict(), "weights": [1, 1, 0, 1, 1]},
+           "long name": {**SUB.to_dict(), "names": ["x" * 201, *SUB.names[1:]]},
            "not lists": {"names": "ring"}, "a path": "/etc/passwd"}
     for why, value in bad.items():
         (tmp_path / "ck" / "config.json").write_text(json.dumps({**config, "subclasses": value}))
