@@ -115,9 +115,9 @@ def model_card(pipeline: Pipeline, *, repo_id: str | None = None, license: str =
     tags = ["edifice", kind, "image-generation"] + (["class-conditional"] if pipeline.num_classes else [])
     data = ModelCardData(library_name="edifice", license=license, base_model=base_model, tags=tags)
     params = sum(p.numel() for m in (pipeline.tokenizer, pipeline.model) for p in m.parameters())
-    classes = len(pipeline.class_names) if pipeline.class_names else pipeline.num_classes
+    n_classes = len(pipeline.class_names) if pipeline.class_names else pipeline.num_classes
     sub = pipeline.subclasses
-    classes = f"{classes} classes" + (f" drawn as {len(sub.names)} subclasses" if sub else "")
+    classes = f"{n_classes} classes" + (f" drawn as {len(sub.names)} subclasses" if sub else "")
     spec = repo_id or "path/to/this/folder"
     return (f"---\n{data.to_yaml()}\n---\n\n# {kind.upper()} checkpoint for edifice\n\n"
             f"A {kind.upper()} image generator ({params / 1e6:.1f}M parameters, {classes}, "
