@@ -13,11 +13,13 @@ variants, when included) always land together and held-out images are emoji the 
 Skin-tone variants are left out by default: they are recolourings of one shape and would make "People & Body"
 60% of the data (``--skin-tones`` adds them).
 
-``--subgroups`` files the same images by the package's ``subcategory`` instead (98 Unicode subgroups such as
-``animal-bird`` or ``phone``), in folders ``<category>.<subgroup>``; the manifest gives each its category as
-``group``. Models trained on it still take the 9 categories and draw a subgroup per image (see
-:class:`edifice.pipeline.Subclasses`): a category as wide as Objects (phones to shirts) was drawn as a
-class-average blob by the small bundled models.
+``--label subgroup`` (or ``--subgroups``) files the same images by the package's ``subcategory`` instead (98
+Unicode subgroups such as ``animal-bird`` or ``phone``), in folders ``<category>.<subgroup>``; the manifest gives
+each its category as ``group``. ``--label emoji`` goes one level further: one folder per emoji,
+``<category>.<subgroup>.<unified code>``, named by the emoji's Unicode name, holding its art styles (two images
+in the default build); the manifest adds its ``subgroup``. Models trained on either still take the 9 categories
+and draw a subgroup or an emoji per image (see :class:`edifice.pipeline.Subclasses`): a category as wide as
+Objects (phones to shirts) was drawn as a class-average blob by the small bundled models.
 
 ``--styles twitter,google,fluent`` adds a third art style, Microsoft's Fluent Emoji (flat, MIT) from the npm
 package ``@lobehub/fluent-emoji-flat``: SVGs named by unified code, labelled by emoji-datasource's ``category``
@@ -177,26 +179,37 @@ def on_white(png: bytes, size: int) -> Image.Image:
 
 
 def emoji_images(entries: list[dict], style: str, skin_tones: bool):
-    """(emoji key, category, subgroup, image file) of every image of one style; skin-tone variants share their
-    base's key. Fluent files are named by the unified code in lower case, not by emoji.json's ``image``."""
+    """(emoji key, category, subgroup, image file, emoji name) of every image of one style; skin-tone variants
+    share their base's key and name. Fluent files are named by the unified code in lower case, not by
+    emoji.json's ``image``."""
     def name(e: dict) -> str:
         return e["unified"].lower() + ".png" if style == "fluent" else e["image"]
 
     for e in entries:
         if e["category"] in DROPPED_CATEGORIES:
             continue
+        title = (e.get("name") or e["short_name"]).lower()
         if e.get(f"has_img_{style}", True):
-            yield e["unified"], e["category"], e["subcategory"], name(e)
+            yield e["unified"], e["category"], e["subcategory"], name(e), title
         if skin_tones:
             for v in e.get("skin_variations", {}).values():
                 if v.get(f"has_img_{style}", True):
-                    yield e["unified"], e["category"], e["subcategory"], name(v)
+                    yield e["unified"], e["category"], e["subcategory"], name(v), title
+
+
+LABELS = ("category", "subgroup", "emoji")  # what one class folder holds; see the module docstring
+
+
+def label_folder(label: str, key: str, category: str, subgroup: str) -> str:
+    """The class folder of an image: its category, ``<category>.<subgroup>`` or ``<category>.<subgroup>.<code>``."""
+    parts = (category, subgroup, key)[:LABELS.index(label) + 1]
+    return ".".join(slug(p) for p in parts)
 
 
 def build_emoji(out: Path, tarballs: dict[str, Path], heldout_fraction: float = 0.1, skin_tones: bool = False,
-                size: int = 64, subgroups: bool = False) -> dict:
+                size: int = 64, label: str = "category") -> dict:
     """Write the emoji ImageFolder tree and manifest under ``out`` (see the module docstring); returns the
-    manifest. ``subgroups``: one folder per subgroup instead of per category (see the module docstring). The
+    manifest. ``label``: one folder per category, subgroup or emoji (see the module docstring). The
     tree is built in ``out.partial`` and swapped in at the end, so ``out`` is never half-written; an existing
     ``out`` is replaced only if it is a previous build (has a manifest.json)."""
     out = Path(out)
@@ -205,6 +218,8 @@ def build_emoji(out: Path, tarballs: dict[str, Path], heldout_fraction: float = 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
 
+    if label not in LABELS:
+        raise SystemExit(f"label {label!r}: choose from {', '.join(LABELS)}")
     problem = style_problem(tarballs)
     if problem:
         raise SystemExit(problem)
@@ -213,13 +228,13 @@ def build_emoji(out: Path, tarballs: dict[str, Path], heldout_fraction: float = 
         svgs = read_fluent(Path(tarballs["fluent"]))
         packages["fluent"] = (next(iter(packages.values()))[0],
                               {k[:-4] + ".png": v for k, v in svgs.items()})
-    jobs = [(style, key, cat, f"{slug(cat)}.{slug(group)}" if subgroups else slug(cat), group, name)
+    jobs = [(style, key, cat, label_folder(label, key, cat, group), group, name, title)
             for style, (entries, _) in packages.items()
-            for key, cat, group, name in emoji_images(entries, style, skin_tones)]
+            for key, cat, group, name, title in emoji_images(entries, style, skin_tones)]
     counts = {split: Counter() for split in ("train", "heldout")}
     emoji_by_split = {split: set() for split in counts}
     missing = Counter()
-    for style, key, _, label, _, name in tqdm(jobs, desc="emoji", unit="img"):
+    for style, key, _, folder_name, _, name, _ in tqdm(jobs, desc="emoji", unit="img"):
         png = packages[style][1].get(name)
         if png is None:
             missing[style] += 1
@@ -227,22 +242,28 @@ def build_emoji(out: Path, tarballs: dict[str, Path], heldout_fraction: float = 
         if style == "fluent":
             png = render_svg(png, size)
         split = "heldout" if is_heldout(key, heldout_fraction) else "train"
-        folder = tmp / split / label
+        folder = tmp / split / folder_name
         folder.mkdir(parents=True, exist_ok=True)
         on_white(png, size).save(folder / f"{style}_{name}", optimize=True)
-        counts[split][(label, style)] += 1
+        counts[split][(folder_name, style)] += 1
         emoji_by_split[split].add(key)
 
-    folders = {label: (cat, group) for _, _, cat, label, group, _ in jobs}
+    folders = {f: (cat, group, title) for _, _, cat, f, group, _, title in jobs}
     classes = [{"index": i, "folder": f, "name": folders[f][0]} for i, f in enumerate(sorted(folders))]
-    if subgroups:
+    if label == "subgroup":
         classes = [{**c, "name": folders[c["folder"]][1], "group": folders[c["folder"]][0]} for c in classes]
+    elif label == "emoji":
+        classes = [{**c, "name": folders[c["folder"]][2], "group": folders[c["folder"]][0],
+                    "subgroup": folders[c["folder"]][1]} for c in classes]
+    described = {"category": "emoji-datasource `category`",
+                 "subgroup": "emoji-datasource `subcategory` (group: its `category`)",
+                 "emoji": "the emoji, named by emoji-datasource `name` (group: its `category`, subgroup: its "
+                          "`subcategory`)"}
     manifest = {
         "dataset": "emoji",
         "image_size": size,
         "background": "white",
-        "label": ("emoji-datasource `subcategory` (group: its `category`)" if subgroups else
-                  "emoji-datasource `category`") + "; dropped: " + ", ".join(DROPPED_CATEGORIES),
+        "label": described[label] + "; dropped: " + ", ".join(DROPPED_CATEGORIES),
         "split": f"by emoji: sha256(unified code) < {heldout_fraction} of the hash range -> heldout",
         "heldout_fraction": heldout_fraction,
         "skin_tones": skin_tones,
@@ -289,9 +310,11 @@ class ImageFolder(torch.utils.data.Dataset):
     sub-folder names in sorted order. A ``manifest.json`` in ``root`` or its parent (as written by
     :func:`build_emoji`) is read into ``manifest``: it gives the classes' display names and the attributions.
 
-    When the manifest gives every folder a ``group`` (a ``--subgroups`` build), the folders are subclasses: the
-    index is still the folder's, ``subclasses`` (:class:`edifice.pipeline.Subclasses`, weighted by their images)
-    puts them under the groups, and ``class_names`` are the groups'. Otherwise ``subclasses`` is None."""
+    When the manifest gives every folder a ``group`` (a ``--label subgroup`` or ``emoji`` build), the folders are
+    subclasses: the index is still the folder's, ``subclasses`` (:class:`edifice.pipeline.Subclasses`, weighted by
+    their images) puts them under the groups, and ``class_names`` are the groups'. Otherwise ``subclasses`` is
+    None. ``subgroups`` is each folder's manifest ``subgroup`` (an emoji build's) or None: it lets a model trained
+    on the subgroups start the emoji (:meth:`edifice.train.TransformerTask.init_model`)."""
 
     def __init__(self, root: Path, size: int):
         self.root, self.size = Path(root), size
@@ -308,6 +331,7 @@ class ImageFolder(torch.utils.data.Dataset):
         entries = {c["folder"]: c for c in self.manifest.get("classes", [])}
         self.class_names = [entries[f]["name"] if f in entries else f for f in self.folders]
         self.subclasses = None
+        self.subgroups = tuple(entries.get(f, {}).get("subgroup") for f in self.folders)
         if self.folders and all("group" in entries.get(f, {}) for f in self.folders):
             groups = list(dict.fromkeys(entries[f]["group"] for f in self.folders))
             images = Counter(label for _, label in self.samples)
@@ -349,19 +373,23 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--version", default=EMOJI_VERSION, help="npm package version (default: %(default)s)")
     e.add_argument("--heldout", type=float, default=0.1, help="share of emoji held out (default: %(default)s)")
     e.add_argument("--skin-tones", action="store_true", help="also include the skin-tone variants")
-    e.add_argument("--subgroups", action="store_true",
-                   help="one folder per Unicode subgroup (<category>.<subgroup>), for models trained on subgroups")
+    e.add_argument("--label", choices=LABELS, default="category",
+                   help="one class folder per category (default), per Unicode subgroup (<category>.<subgroup>) or "
+                        "per emoji (<category>.<subgroup>.<code>): the finer labels models draw beneath the categories")
+    e.add_argument("--subgroups", dest="label", action="store_const", const="subgroup",
+                   help="the same as --label subgroup")
     args = p.parse_args(argv)
     tarballs = {s: getattr(args, f"tarball_{s}") or fetch_npm_tarball(s, args.version)
                 for s in args.styles}
     m = build_emoji(args.out, tarballs, heldout_fraction=args.heldout, skin_tones=args.skin_tones,
-                    subgroups=args.subgroups)
+                    label=args.label)
     for split in ("train", "heldout"):
         c = m["counts"][split]
-        per_category = Counter()  # a --subgroups build's folders are <category>.<subgroup>
+        per_category = Counter()  # finer folders start with <category>.
         for folder, by_style in c["by_class"].items():
             per_category[folder.split(".")[0]] += sum(by_style.values())
-        print(f"{split}: {c['images']} images of {c['emoji']} emoji in {len(c['by_class'])} classes  " + "  ".join(
+        folders = sum(1 for by_style in c["by_class"].values() if any(by_style.values()))
+        print(f"{split}: {c['images']} images of {c['emoji']} emoji in {folders} folders  " + "  ".join(
             f"{k}={n}" for k, n in per_category.items()))
     print(f"wrote {args.out}/ (manifest.json has the counts and the licence attributions)")
 

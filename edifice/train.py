@@ -480,22 +480,30 @@ class TransformerTask(Task):
         return save_pipeline(pipe, folder, card)
 
     def init_model(self, field: str) -> nn.Module:
-        """The ``--init`` generator with ``--dropout`` applied; on a ``--subgroups`` tree, a model trained on its
-        categories gets one class label per subgroup, each starting as its category's embedding (the null label
-        as the null one), every other weight kept."""
+        """The ``--init`` generator with ``--dropout`` applied. On a tree of finer labels (``python -m
+        edifice.data emoji --label subgroup|emoji``) it gets one class label per folder, each starting as the
+        embedding of the label it refines (the null label as the null one), every other weight kept: a model
+        trained on the categories widens to subgroups or emoji, one trained on the subgroups to emoji."""
         init = init_pipeline(self.args.init)
         model = redrop(init.model.float().train().requires_grad_(True), self.args.dropout, field)
         sub = self.dataset.subclasses
-        if init.subclasses is not None and (sub is None or init.subclasses.names != sub.names):
-            raise SystemExit(f"--init {self.args.init}: trained on other subgroups than the folders of "
-                             f"{self.args.data}")
-        if sub is None or init.subclasses is not None or model.cfg.num_classes != len(self.dataset.class_names):
+        same = init.subclasses is not None and sub is not None and init.subclasses.names == sub.names
+        if sub is None and init.subclasses is None or same:
             return model
-        if init.class_names != self.dataset.class_names:
-            raise SystemExit(f"--init {self.args.init}: its classes are not the categories of {self.args.data}")
+        if sub is None or init.class_names != self.dataset.class_names:
+            raise SystemExit(f"--init {self.args.init}: trained on other labels than the folders of {self.args.data}")
+        if init.subclasses is None:  # categories -> subclasses
+            rows = list(sub.classes)
+        else:  # subgroups -> emoji: each folder's (category, subgroup) names one of the init's labels
+            known = zip(init.subclasses.classes, init.subclasses.names, strict=True)
+            own = {(c, n): i for i, (c, n) in enumerate(known)}
+            rows = [own.get((c, g)) for c, g in zip(sub.classes, self.dataset.subgroups, strict=True)]
+            if None in rows:
+                raise SystemExit(f"--init {self.args.init}: trained on labels that the folders of {self.args.data} "
+                                 "do not refine")
         state = model.state_dict()
         emb = state["class_emb.weight"]
-        state["class_emb.weight"] = torch.cat((emb[list(sub.classes)], emb[-1:]))
+        state["class_emb.weight"] = torch.cat((emb[rows], emb[-1:]))
         wide = type(model)(dataclasses.replace(model.cfg, num_classes=len(sub.names)))
         wide.load_state_dict(state)
         return wide.train()
@@ -673,12 +681,20 @@ def lr_at(step: int, args) -> float:
     return args.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on the weights of linear and conv layers only (not on norms, biases, embeddings, codes)."""
+def param_groups(model: nn.Module, weight_decay: float, label_lr: float = 1.0) -> list[dict]:
+    """Weight decay on the weights of linear and conv layers only (not on norms, biases, embeddings, codes).
+    Each group's ``lr_scale`` multiplies the schedule's rate; with ``label_lr`` != 1 the class-label embedding
+    (``class_emb``) gets a group of its own at that multiple, for labels that start as copies of coarser ones and
+    must move apart (``--label-lr``: each label is in few batches)."""
     decay = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    emb = getattr(model, "class_emb", None)
+    labels = {id(p) for p in emb.parameters()} if label_lr != 1.0 and emb is not None else set()
     params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay},
-            {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0}]
+    groups = [{"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay, "lr_scale": 1.0},
+              {"params": [p for p in params if id(p) not in decay | labels], "weight_decay": 0.0, "lr_scale": 1.0}]
+    if labels:
+        groups.append({"params": [p for p in params if id(p) in labels], "weight_decay": 0.0, "lr_scale": label_lr})
+    return groups
 
 
 def cpu_name() -> str:
@@ -703,10 +719,11 @@ def training_card(args, state: TrainState, last: dict, accelerator: Accelerator,
     credits = "".join(f"- training images: {a['art']}, {a['copyright']}, {a['license']} ({a['license_url']}), "
                       f"{a['source']}\n" for a in data.manifest.get("attribution", {}).values())
     sub = data.subclasses
-    subgroups = f"; the model's labels are their {len(sub.names)} subgroups, one drawn per image" if sub else ""
+    finer = (f"; the model's labels are their {len(sub.names)} subclasses (the folders), one drawn per image"
+             if sub else "")
     return (f"## Training\n\n- stage: `{args.stage}`, command: `{args.command}`\n"
             f"- data: `{args.data}`, {len(data)} images, {len(data.class_names)} classes: "
-            f"{', '.join(data.class_names)}{subgroups}\n{credits}"
+            f"{', '.join(data.class_names)}{finer}\n{credits}"
             f"- hardware: {hardware(accelerator)}\n"
             f"- {state.step} optimizer steps (`--steps {args.steps}`), {state.images} images seen, wall time "
             f"{state.seconds / 60:.1f} min; weights: {f'EMA (decay {args.ema})' if args.ema else 'raw (no EMA)'}\n"
@@ -762,7 +779,7 @@ def train(args) -> dict:
 
     model = task.model.to(accelerator.device)
     ema = EMA(model, args.ema)
-    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=task.betas)
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay, args.label_lr), lr=args.lr, betas=task.betas)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainState(ema, task)
     accelerator.register_for_checkpointing(state)
@@ -804,7 +821,7 @@ def train(args) -> dict:
             if accelerator.sync_gradients and args.grad_clip > 0:
                 accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(state.step, args)
+                group["lr"] = lr_at(state.step, args) * group.get("lr_scale", 1.0)  # states saved before it: 1
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         state.batches += 1
@@ -897,6 +914,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate (default: per stage)")
     g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: per stage)")
+    g.add_argument("--label-lr", type=float, default=1.0,
+                   help="learning-rate multiple for the class-label embedding (var, mar): above 1 for new finer "
+                        "labels started from coarser ones, each in few batches (default: 1)")
     g.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
     g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
     g.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights (0: the raw weights)")

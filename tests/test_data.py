@@ -52,7 +52,8 @@ def write_tarball(path: Path, files: dict[str, bytes]) -> Path:
 def fake_package(path: Path, style: str) -> Path:
     entries = []
     for code, cat in EMOJI:
-        e = {"unified": code, "image": code.lower() + ".png", "category": cat,
+        e = {"unified": code, "image": code.lower() + ".png", "category": cat, "short_name": f"e{code.lower()}",
+             "name": None if code == "1F602" else f"EMOJI {code}",  # a name can be null: the short name stands in
              "subcategory": SUBGROUP.get(code, "other"), f"has_img_{style}": True}
         if code in SKIN:
             e["skin_variations"] = {v.split("-")[1]: {"unified": v, "image": v.lower() + ".png",
@@ -200,7 +201,7 @@ def test_fluent_style_renders_its_svgs_with_the_same_labels_and_split(tarballs, 
 
 def test_subgroups_file_the_same_images_by_subgroup(built, tarballs, tmp_path):
     out, manifest = built
-    m = data.build_emoji(tmp_path / "s", tarballs, heldout_fraction=0.4, subgroups=True)
+    m = data.build_emoji(tmp_path / "s", tarballs, heldout_fraction=0.4, label="subgroup")
     sub = files(tmp_path / "s")
     for split, paths in files(out).items():  # the same files; each in <category>.<subgroup>
         assert sorted(p.name for p in sub[split]) == sorted(p.name for p in paths)
@@ -221,6 +222,40 @@ def test_subgroups_file_the_same_images_by_subgroup(built, tarballs, tmp_path):
         assert ds.class_names[sc.classes[i]] == next(c["group"] for c in m["classes"] if c["folder"] == f)
         assert sc.weights[i] == sum(label == i for _, label in ds.samples)
     assert plain.subclasses is None
+
+
+def test_emoji_labels_file_each_emoji_apart_under_its_subgroup(built, tarballs, tmp_path):
+    """``--label emoji``: one folder per emoji (its art styles and skin tones) named by the emoji's name, read
+    back as subclasses of the categories that remember their subgroups."""
+    out, _ = built
+    data.main(["emoji", "--out", str(tmp_path / "e"), "--label", "emoji", "--heldout", "0.4",
+               *(a for s, t in tarballs.items() for a in (f"--tarball-{s}", str(t)))])
+    m = json.loads((tmp_path / "e" / "manifest.json").read_text())
+    emoji = files(tmp_path / "e")
+    for split, paths in files(out).items():  # the same files; each in <category>.<subgroup>.<code>
+        assert sorted(p.name for p in emoji[split]) == sorted(p.name for p in paths)
+        by_name = {p.name: p.parent.name for p in paths}
+        for p in emoji[split]:
+            code = p.stem.split("_", 1)[1].upper()
+            sub = data.slug(SUBGROUP.get(code, "other"))
+            assert p.parent.name == f"{by_name[p.name]}.{sub}.{data.slug(code)}"
+    entry = {c["folder"]: c for c in m["classes"]}
+    assert entry["animals-nature.animal-cat-co.1f431"] == {
+        "index": 1, "folder": "animals-nature.animal-cat-co.1f431", "name": "emoji 1f431",
+        "group": "Animals & Nature", "subgroup": "animal-cat & co"}
+    assert entry["smileys-emotion.other.1f602"]["name"] == "e1f602"
+    assert len(entry) == len(EMOJI) - 2 and "emoji" in m["label"]
+    for split in ("train", "heldout"):
+        ds = data.ImageFolder(tmp_path / "e" / split, 32)
+        plain = data.ImageFolder(out / split, 32)
+        assert ds.class_names == plain.class_names and len(ds) == len(plain)
+        assert ds.subclasses.names == tuple(entry[f]["name"] for f in ds.folders)
+        assert ds.subgroups == tuple(entry[f]["subgroup"] for f in ds.folders)
+        assert [ds.class_names[c] for c in ds.subclasses.classes] == [entry[f]["group"] for f in ds.folders]
+        assert set(ds.subclasses.weights) == {2.0}  # both art styles of each emoji
+    assert data.ImageFolder(out / "train", 32).subgroups == (None,) * len(data.ImageFolder(out / "train", 32).folders)
+    with pytest.raises(SystemExit, match="choose from"):
+        data.build_emoji(tmp_path / "x", tarballs, label="word")
 
 
 def test_image_folder_reads_the_tree(built, tmp_path):

@@ -384,23 +384,31 @@ def test_init_fine_tunes_a_generator_from_its_checkpoint(images, tokenizer_run, 
                   init=tmp_path / "missing")
 
 
-def subgroup_tree(images: Path, root: Path) -> Path:
-    """``images`` filed by subgroup as ``python -m edifice.data emoji --subgroups`` does: class0 split in two."""
-    groups = {"class0.left": ("class0", range(4)), "class0.right": ("class0", range(4, 8)),
-              "class1.all": ("class1", range(8)), "class2.all": ("class2", range(8))}
-    for folder, (group, ids) in groups.items():
-        (root / folder).mkdir(parents=True)
+SUBGROUPS = {"class0.left": ("class0", range(4)), "class0.right": ("class0", range(4, 8)),
+             "class1.all": ("class1", range(8)), "class2.all": ("class2", range(8))}
+
+
+def subgroup_tree(images: Path, root: Path, emoji: bool = False) -> Path:
+    """``images`` filed by subgroup as ``python -m edifice.data emoji --label subgroup`` does (class0 split in
+    two), or with ``emoji`` one folder per image beneath them, as ``--label emoji`` files each emoji."""
+    classes = []
+    for folder, (group, ids) in SUBGROUPS.items():
         for i in ids:
-            shutil.copy(images / group / f"{i}.png", root / folder / f"{i}.png")
-    classes = [{"index": i, "folder": f, "name": f.split(".")[1], "group": g} for i, (f, (g, _)) in
-               enumerate(groups.items())]
+            leaf = f"{folder}.{i}" if emoji else folder
+            (root / leaf).mkdir(parents=True, exist_ok=True)
+            shutil.copy(images / group / f"{i}.png", root / leaf / f"{i}.png")
+            entry = {"folder": leaf, "name": folder.split(".")[1], "group": group}
+            if emoji:
+                entry.update(name=f"image {i}", subgroup=folder.split(".")[1])
+            classes += [entry] if entry not in classes else []
     (root / "manifest.json").write_text(json.dumps({"classes": classes}))
     return root
 
 
 def test_subgroup_tree_widens_an_init_generator_and_exports_its_subclasses(images, tokenizer_run, tmp_path):
     """On a --subgroups tree an --init generator trained on the categories gets one label per subgroup, each
-    starting as its category's; the export takes categories and draws subgroups."""
+    starting as its category's; the export takes categories and draws subgroups. On a tree of emoji beneath those
+    subgroups, that generator widens again, each emoji starting as its subgroup's."""
     opts = dict(tokenizer=tokenizer_run["out"], **TINY_TRANSFORMER, **FAST)
     source = train.run("var", data=images, out=tmp_path / "src", steps=3, **opts)
     tree = subgroup_tree(images, tmp_path / "sub")
@@ -413,11 +421,46 @@ def test_subgroup_tree_widens_an_init_generator_and_exports_its_subclasses(image
     assert torch.equal(after.model.class_emb.weight, emb[[0, 0, 1, 2, 3]])  # lr 0: as widened
     steps = list(after.stream(labels=0, batch_size=6, seed=1, preview=False))
     assert set(steps[-1].labels.tolist()) <= {0, 1}
-    assert "4 subgroups" in (tuned["export"] / "README.md").read_text()
+    assert "4 subclasses" in (tuned["export"] / "README.md").read_text()
     again = train.run("var", data=tree, out=tmp_path / "again", steps=1, init=tuned["export"], **opts)
     assert edifice.load(again["export"], device="cpu").subclasses == after.subclasses  # no second widening
-    with pytest.raises(SystemExit, match="other subgroups"):
+    with pytest.raises(SystemExit, match="other labels"):
         train.run("var", data=images, out=tmp_path / "bad", steps=1, init=tuned["export"], **opts)
+    # one step finer: each image its own label, starting as its (class, subgroup)'s; both "all"s kept apart
+    leaves = subgroup_tree(images, tmp_path / "leaves", emoji=True)
+    fine = train.run("var", data=leaves, out=tmp_path / "fine", steps=1, lr=0.0, init=tuned["export"], **opts)
+    emoji = edifice.load(fine["export"], device="cpu")
+    assert emoji.class_names == after.class_names and emoji.model.num_classes == 24
+    assert emoji.subclasses.classes == (0,) * 8 + (1,) * 8 + (2,) * 8 and set(emoji.subclasses.weights) == {1.0}
+    rows = [0] * 4 + [1] * 4 + [2] * 8 + [3] * 8 + [4]
+    assert torch.equal(emoji.model.class_emb.weight, after.model.class_emb.weight[rows])
+    assert "24 subclasses" in (fine["export"] / "README.md").read_text()
+    with pytest.raises(SystemExit, match="do not refine"):  # emoji of subgroups the init never learned
+        shutil.move(leaves / "class0.left.1", leaves / "class0.middle.1")
+        m = json.loads((leaves / "manifest.json").read_text())
+        for c in m["classes"]:
+            if c["folder"] == "class0.left.1":
+                c.update(folder="class0.middle.1", subgroup="middle")
+        (leaves / "manifest.json").write_text(json.dumps(m))
+        train.run("var", data=leaves, out=tmp_path / "bad3", steps=1, init=tuned["export"], **opts)
+
+
+def test_label_lr_scales_the_class_embedding_step_alone(images, tokenizer_run, tmp_path):
+    """``--label-lr`` multiplies the learning rate of the class-label embedding only: at 0 the labels stay as
+    they started while every other trained weight moves; at 1 the optimizer has no group of its own for them."""
+    opts = dict(tokenizer=tokenizer_run["out"], **TINY_TRANSFORMER, **FAST, ema=0.0)
+    source = train.run("var", data=images, out=tmp_path / "src", steps=1, **opts)
+    frozen = train.run("var", data=images, out=tmp_path / "frozen", steps=2, init=source["export"], label_lr=0.0,
+                       lr=1e-2, **opts)
+    before, after = (edifice.load(r["export"], device="cpu").model.state_dict() for r in (source, frozen))
+    assert torch.equal(before["class_emb.weight"], after["class_emb.weight"])
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(moved) > len(before) // 2, moved
+    model = edifice.load(source["export"], device="cpu").model
+    assert [g["lr_scale"] for g in train.param_groups(model, 0.05)] == [1.0, 1.0]
+    groups = train.param_groups(model, 0.05, label_lr=10.0)
+    assert groups[2] == {"params": [model.class_emb.weight], "weight_decay": 0.0, "lr_scale": 10.0}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
 def test_redrop_changes_the_dropout_rate_and_keeps_every_weight():
