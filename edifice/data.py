@@ -212,14 +212,14 @@ def build_emoji(out: Path, tarballs: dict[str, Path], heldout_fraction: float = 
     manifest. ``label``: one folder per category, subgroup or emoji (see the module docstring). The
     tree is built in ``out.partial`` and swapped in at the end, so ``out`` is never half-written; an existing
     ``out`` is replaced only if it is a previous build (has a manifest.json)."""
+    if label not in LABELS:
+        raise SystemExit(f"label {label!r}: choose from {', '.join(LABELS)}")
     out = Path(out)
     if out.exists() and not (out / "manifest.json").is_file():
         raise SystemExit(f"{out} exists and is not an emoji dataset (no manifest.json); choose another --out")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
 
-    if label not in LABELS:
-        raise SystemExit(f"label {label!r}: choose from {', '.join(LABELS)}")
     problem = style_problem(tarballs)
     if problem:
         raise SystemExit(problem)
@@ -249,12 +249,12 @@ def build_emoji(out: Path, tarballs: dict[str, Path], heldout_fraction: float = 
         emoji_by_split[split].add(key)
 
     folders = {f: (cat, group, title) for _, _, cat, f, group, _, title in jobs}
-    classes = [{"index": i, "folder": f, "name": folders[f][0]} for i, f in enumerate(sorted(folders))]
-    if label == "subgroup":
-        classes = [{**c, "name": folders[c["folder"]][1], "group": folders[c["folder"]][0]} for c in classes]
-    elif label == "emoji":
-        classes = [{**c, "name": folders[c["folder"]][2], "group": folders[c["folder"]][0],
-                    "subgroup": folders[c["folder"]][1]} for c in classes]
+    classes = []
+    for i, f in enumerate(sorted(folders)):
+        cat, group, title = folders[f]
+        named = {"category": {"name": cat}, "subgroup": {"name": group, "group": cat},
+                 "emoji": {"name": title, "group": cat, "subgroup": group}}[label]
+        classes.append({"index": i, "folder": f, **named})
     described = {"category": "emoji-datasource `category`",
                  "subgroup": "emoji-datasource `subcategory` (group: its `category`)",
                  "emoji": "the emoji, named by emoji-datasource `name` (group: its `category`, subgroup: its "

@@ -688,7 +688,9 @@ def param_groups(model: nn.Module, weight_decay: float, label_lr: float = 1.0) -
     must move apart (``--label-lr``: each label is in few batches)."""
     decay = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
     emb = getattr(model, "class_emb", None)
-    labels = {id(p) for p in emb.parameters()} if label_lr != 1.0 and emb is not None else set()
+    if label_lr != 1.0 and not isinstance(emb, nn.Embedding):
+        raise SystemExit(f"--label-lr {label_lr}: this model has no class-label embedding (class_emb) to scale")
+    labels = {id(p) for p in emb.parameters()} if label_lr != 1.0 else set()
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay, "lr_scale": 1.0},
               {"params": [p for p in params if id(p) not in decay | labels], "weight_decay": 0.0, "lr_scale": 1.0}]

@@ -461,6 +461,8 @@ def test_label_lr_scales_the_class_embedding_step_alone(images, tokenizer_run, t
     groups = train.param_groups(model, 0.05, label_lr=10.0)
     assert groups[2] == {"params": [model.class_emb.weight], "weight_decay": 0.0, "lr_scale": 10.0}
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    with pytest.raises(SystemExit, match="no class-label embedding"):  # a tokenizer has no labels to scale
+        train.param_groups(edifice.load(source["export"], device="cpu").tokenizer, 0.0, label_lr=10.0)
 
 
 def test_redrop_changes_the_dropout_rate_and_keeps_every_weight():
