@@ -442,6 +442,7 @@ class TransformerTask(Task):
             raise SystemExit("--shift moves every image anew at each step, so its latents cannot be cached: "
                              "add --no-cache-latents")
         super().__init__(args, saved, device)
+        self.defaults = {}  # the sampling settings an --init checkpoint recommends (init_model), kept on resume
         self.vae = load_tokenizer(args.tokenizer).to(device)
         self.dataset = ImageFolder(args.data, self.vae.cfg.image_size)
         self.num_classes = len(self.dataset.folders)
@@ -474,8 +475,14 @@ class TransformerTask(Task):
         img, y = batch
         return self.prepare(self.vae.encode(augment(img, self.args.flip, self.args.shift, g)).float(), y)
 
+    def state_dict(self):
+        return {"defaults": self.defaults}
+
+    def load_state_dict(self, sd):
+        self.defaults = sd.get("defaults", {})  # states saved before exports carried them: none
+
     def export(self, model, folder, card):
-        pipe = self.pipeline(copy.deepcopy(self.vae).cpu(), model, self.dataset.class_names, {})
+        pipe = self.pipeline(copy.deepcopy(self.vae).cpu(), model, self.dataset.class_names, self.defaults)
         pipe.subclasses = self.dataset.subclasses
         return save_pipeline(pipe, folder, card)
 
@@ -483,8 +490,11 @@ class TransformerTask(Task):
         """The ``--init`` generator with ``--dropout`` applied. On a tree of finer labels (``python -m
         edifice.data emoji --label subgroup|emoji``) it gets one class label per folder, each starting as the
         embedding of the label it refines (the null label as the null one), every other weight kept: a model
-        trained on the categories widens to subgroups or emoji, one trained on the subgroups to emoji."""
+        trained on the categories widens to subgroups or emoji, one trained on the subgroups to emoji. The
+        exports recommend the init's sampling settings: a fine-tune samples as its source did until ``resave
+        --set`` says otherwise (a new model has none, and samples at the family's defaults)."""
         init = init_pipeline(self.args.init)
+        self.defaults = dict(init.defaults)
         model = redrop(init.model.float().train().requires_grad_(True), self.args.dropout, field)
         sub = self.dataset.subclasses
         same = init.subclasses is not None and sub is not None and init.subclasses.names == sub.names
@@ -928,7 +938,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--init", type=Path, default=None,
                    help="start a new run from these weights (fine-tuning): a tokenizer folder or an edifice "
-                        "checkpoint (its tokenizer, or its generator for var/mar); the architecture is theirs")
+                        "checkpoint (its tokenizer, or its generator for var/mar, whose exports then recommend "
+                        "its sampling settings); the architecture is theirs")
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     g.add_argument("--log-every", type=int, default=20, help="steps per metrics.csv row")
     g.add_argument("--save-every", type=int, default=500, help="steps between saves of state/ and export/")

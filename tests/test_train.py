@@ -16,6 +16,7 @@ from PIL import Image
 
 import edifice
 from edifice import train
+from edifice.__main__ import main
 from edifice.data import ImageFolder
 from edifice.generative.var import check_scales
 
@@ -382,6 +383,21 @@ def test_init_fine_tunes_a_generator_from_its_checkpoint(images, tokenizer_run, 
     with pytest.raises(SystemExit, match="init"):
         train.run("var", data=images, out=tmp_path / "bad2", tokenizer=tokenizer_run["out"], steps=1,
                   init=tmp_path / "missing")
+
+
+def test_a_fine_tune_exports_the_sampling_settings_of_its_init(images, tokenizer_run, tmp_path):
+    """An --init run's export recommends the init checkpoint's sampling settings, and a resumed run's export
+    still does (they travel in the run state); a new model's export recommends none."""
+    opts = dict(data=images, tokenizer=tokenizer_run["out"], **TINY_TRANSFORMER, **FAST)
+    source = train.run("var", out=tmp_path / "src", steps=2, **opts)
+    assert edifice.load(source["export"], device="cpu").defaults == {}
+    settings = tmp_path / "settings"
+    assert main(["resave", str(source["export"]), "--out", str(settings), "--set", "cfg=2.5", "top_k=7"]) == 0
+    tuned = train.run("var", out=tmp_path / "tuned", steps=1, init=settings, **opts)
+    assert edifice.load(tuned["export"], device="cpu").defaults == {"cfg": 2.5, "top_k": 7}
+    resumed = train.run("var", out=tmp_path / "tuned", steps=2, **opts)  # from the state; no --init this time
+    assert resumed["step"] == 2
+    assert edifice.load(resumed["export"], device="cpu").defaults == {"cfg": 2.5, "top_k": 7}
 
 
 SUBGROUPS = {"class0.left": ("class0", range(4)), "class0.right": ("class0", range(4, 8)),
