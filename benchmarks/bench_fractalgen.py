@@ -12,7 +12,9 @@ CPU; AR levels always take one step per patch, so FractalAR-64 runs its full 256
 whole image (for FractalAR-64, whose 256 x 16 AR steps take too long on a small CPU to run four times): every
 top-level step does the same work (one patch's level-1 steps and pixels) but for a KV cache one entry longer.
 Prints the machine and torch version with the table and writes benchmarks/results/<--out>.json. Each number is
-the median of ``--repeats`` runs after one warm-up run (``--no-warmup``: none).
+the median of ``--repeats`` runs after one warm-up round (``--no-warmup``: none). What is compared is timed in
+turn, call by call (plain, streamed, streamed deep; ours and the authors' pixel head), so a shared machine's drift
+between minutes moves them together.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from report import save_report, timed  # noqa: E402
+from report import save_report, timed, timed_in_turn  # noqa: E402
 
 import edifice  # noqa: E402
 from edifice.generative.fractalgen import (  # noqa: E402
@@ -65,8 +67,9 @@ def head_rows(pipe: FractalGenPipeline, rows: int, repeats: int) -> dict:
     cond = torch.randn(rows, head.cond_proj.in_features, generator=torch.Generator().manual_seed(0))
     ours = head.sample(cond, 1.02, 1.0, 1e-4, torch.Generator().manual_seed(1))
     theirs = official_style_head(head, cond, 1.02, torch.Generator().manual_seed(1))
-    t_ours = timed(lambda: head.sample(cond, 1.02, 1.0, 1e-4, torch.Generator()), repeats, True, pipe.device)
-    t_theirs = timed(lambda: official_style_head(head, cond, 1.02, torch.Generator()), repeats, True, pipe.device)
+    t_ours, t_theirs = timed_in_turn([lambda: head.sample(cond, 1.02, 1.0, 1e-4, torch.Generator()),
+                                      lambda: official_style_head(head, cond, 1.02, torch.Generator())],
+                                     repeats, True, pipe.device)
     return dict(head_rows=rows, head_ms=t_ours * 1e3, head_official_style_ms=t_theirs * 1e3,
                 head_same_ids=bool(torch.equal(ours, theirs)))
 
@@ -97,9 +100,8 @@ def measure(spec: str, args, device: torch.device) -> dict:
     def stream(depth: int):
         counts[depth] = sum(1 for _ in pipe.stream(**settings, stream_depth=depth))
 
-    plain = timed(lambda: pipe.generate(**settings), args.repeats, not args.no_warmup, device)
-    top = timed(lambda: stream(0), args.repeats, False, device)
-    deep = timed(lambda: stream(K - 1), args.repeats, False, device)
+    plain, top, deep = timed_in_turn([lambda: pipe.generate(**settings), lambda: stream(0), lambda: stream(K - 1)],
+                                     args.repeats, not args.no_warmup, device)
     return dict(model=spec, batch=1, cfg=args.cfg, steps=steps, generate_s=plain, stream_s=top,
                 stream_records=counts[0], deep_stream_s=deep, deep_records=counts[K - 1],
                 stream_overhead=top / plain - 1, deep_overhead=deep / plain - 1, **head_rows(pipe, 32, 5))
