@@ -7,8 +7,8 @@
 #   bash scripts/train_bundled_gpu.sh            # DATA=data/emoji RUNS=runs/round3 T1=3.0 T2=4.0
 #   EXTRA="--batch-size 4 --warmup 10 --log-every 5" T1=0.5 T2=0.5 bash scripts/train_bundled_gpu.sh  # dry run
 #   AUG="--flip --shift 4" bash scripts/train_bundled_gpu.sh   # next round: augmented tokenizer and decoder runs
-#   AUG="--flip --shift 4" MAR_DATA=data/emoji-sub RUNS=runs/round8 bash scripts/train_bundled_gpu.sh
-#                                            # the round to run next (MAR on the 98 subgroups, as round 5 on a CPU)
+#   AUG="--flip --shift 4" MAR_DATA=data/emoji-sub RUNS=runs/gpu2 bash scripts/train_bundled_gpu.sh
+#                                            # the GPU round to run next (MAR on the 98 subgroups, as CPU round 5)
 #
 # AUG (default none, as round 3 ran) is passed to every tokenizer and decoder run. Round 3's tokenizers memorised
 # the 3448 training emoji (MAR's: 27.1 dB on them, 23.4 on held-out ones, 24.5 on the training images mirrored).
