@@ -290,6 +290,7 @@ class Run:
     folder: Path = field(default_factory=lambda: WORKDIR / uuid.uuid4().hex)
     files: tuple = (None, None, None)
     bytes: int = 0  # memory its frames and images take
+    play_from: int | None = None  # where Play put the timeline, for the next tick (see tick)
 
     def nbytes(self) -> int:
         return self.bytes
@@ -677,14 +678,19 @@ def show_frame(index, request: gr.Request = None):
     i = int(float(index or 0))
     if run is None or not run.frames or i < 1:
         return (*(gr.update(),) * 5, gr.Timer(active=False))
+    run.play_from = None
     return (*frame_view(run, min(i, len(run.frames)) - 1), gr.Timer(active=False))
 
 
 def tick(index, request: gr.Request = None):
     """Play: the step after the timeline's, at the timer's pace; at the last stored step it waits for more while
-    the run computes and stops once it has ended."""
+    the run computes and stops once it has ended. The first tick after Play starts where Play put the timeline:
+    a tick already on its way when Play was pressed carries the old step, and at the end it would stop the
+    timer that Play has just started."""
     run = current_run(request)
     i = int(float(index or 0))
+    if run is not None and run.play_from is not None:
+        i, run.play_from = run.play_from, None
     if run is None or (i >= len(run.frames) and (run.done or run.stopped)):
         return (*(gr.update(),) * 6, gr.Timer(active=False))
     if i >= len(run.frames):
@@ -698,7 +704,8 @@ def play(index, pace, request: gr.Request = None):
     if run is None or not run.frames:
         return gr.update(), gr.Timer(active=False)
     i = int(float(index or 0))
-    return gr.update(value=0 if i >= len(run.frames) else i), gr.Timer(value=PACES.get(pace) or 0.4, active=True)
+    run.play_from = 0 if i >= len(run.frames) else i
+    return gr.update(value=run.play_from), gr.Timer(value=PACES.get(pace) or 0.4, active=True)
 
 
 def pick_frame(request: gr.Request = None, evt: gr.SelectData = None):
@@ -707,6 +714,7 @@ def pick_frame(request: gr.Request = None, evt: gr.SelectData = None):
     if run is None or evt is None or not run.frames or not 0 <= evt.index < len(run.thumb_frames):
         return (*(gr.update(),) * 6, gr.Timer(active=False))
     i = min(run.thumb_frames[evt.index], len(run.frames) - 1)
+    run.play_from = None
     return (*frame_view(run, i), gr.update(value=i + 1), gr.Timer(active=False))
 
 

@@ -498,6 +498,12 @@ def test_timeline_scrub_play_and_stop_handlers(app_url):
     assert view[3].startswith("step 4/6") and slider["value"] == 4
     *_, timer = app.tick(6, request)  # the end of a finished run stops the timer
     assert timer.active is False
+    slider, timer = app.play(6, "0.5 s per step", request)  # Play at the end replays from the start
+    assert slider["value"] == 0 and timer.active is True
+    *view, slider, timer = app.tick(6, request)  # a tick sent before Play carries the old step: it must not stop
+    assert view[3].startswith("step 1/6") and slider["value"] == 1 and timer == {"__type__": "update"}
+    *view, slider, _ = app.tick(1, request)  # the next ticks go on from the timeline
+    assert view[3].startswith("step 2/6") and slider["value"] == 2
     # Stop: the status says where, the timeline keeps what was made, the partial animation is offered
     gen = app.generate_api("tiny-mar", "1 · square", 3, False, 1, {"num_steps": 64}, request, None)
     for _ in range(6):
